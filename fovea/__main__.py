@@ -1,0 +1,5 @@
+"""``python -m fovea`` runs the CLI."""
+
+from fovea.cli import main
+
+main()

@@ -1,0 +1,287 @@
+"""One typed config for a run: pydantic models that mirror the TOML tables.
+
+Precedence, written once: ``--set`` overrides > the TOML file > the defaults below.
+A plugin's table (``[data]``, ``[model.encoder]``, ``[model.head]``) holds the plugin ``name`` and
+that plugin's options side by side; the options are validated against the plugin's own nested
+``Config`` model (torchtitan-style sections, llm-style plugin options). Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+
+from fovea.core.errors import ConfigError, FoveaError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class Section(BaseModel):
+    """A config table: unknown keys are errors, every field documented by the docstring under it."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+class PluginTable(BaseModel):
+    """A table naming a plugin part; its other keys are that part's options (its ``Config``)."""
+
+    model_config = ConfigDict(extra="allow", use_attribute_docstrings=True)
+    _options: BaseModel | None = PrivateAttr(default=None)
+
+    @property
+    def options(self) -> BaseModel:
+        """The part's validated ``Config`` (set by ``load_config``/``resolve_plugins``)."""
+        if self._options is None:
+            raise RuntimeError("plugin options not resolved; build configs with fovea.load_config()")
+        return self._options
+
+
+class RunConfig(Section):
+    name: str = "fovea"
+    """Run name; the run directory is ``<output_dir>/<timestamp>-<name>/``."""
+    output_dir: str = "runs"
+    """Directory holding run directories and the ``latest`` symlink."""
+    seed: int = 0
+    """Seed for model initialisation, data order and synthetic data."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to train; ``auto`` picks CUDA when available."""
+    log_every: int = Field(100, ge=1)
+    """Write a line to ``metrics.jsonl`` every this many optimizer steps (and at the last step)."""
+    progress: bool = True
+    """Show a progress bar with the live losses."""
+
+
+class DataConfig(PluginTable):
+    name: str = "synthetic"
+    """Clip source (a registered loader): ``synthetic``, or a plugin's."""
+    num_frames: int = Field(8, ge=2)
+    """Frames per clip, T (SPEC: 8, sampled uniformly over the clip)."""
+    frame_size: int = Field(256, ge=16)
+    """Square frame side in pixels (SPEC: 256)."""
+
+
+class EncoderTable(PluginTable):
+    name: str = "posthoc"
+    """Vision encoder (a registered encoder): ``posthoc``, or a plugin's."""
+
+
+class HeadTable(PluginTable):
+    name: str = "film"
+    """Prediction head (a registered head): ``film``, or a plugin's."""
+
+
+class LLMConfig(Section):
+    pretrained: str | None = None
+    """Hub id or local ``save_pretrained`` directory (SPEC: HuggingFaceTB/SmolLM2-135M-Instruct); unset: random init at ``size``."""
+    size: Literal["tiny", "smollm2-135m"] = "smollm2-135m"
+    """Architecture for random init when ``pretrained`` is unset; ``tiny`` is the debug size."""
+    trainable: bool = True
+    """Train the LLM's weights (SPEC: true)."""
+
+
+class VAEConfig(Section):
+    pretrained: str | None = None
+    """Hub id or local directory of a diffusers AutoencoderKL (SPEC: stabilityai/sd-vae-ft-mse); unset: random init at ``size``."""
+    size: Literal["tiny", "sd"] = "sd"
+    """Architecture for random init when ``pretrained`` is unset; ``tiny`` is the debug size."""
+    batch_size: int = Field(32, ge=1)
+    """Frames per VAE forward when the targets are precomputed."""
+
+
+class ModelConfig(Section):
+    encoder: EncoderTable = EncoderTable()
+    """``[model.encoder]``: the vision encoder and its options."""
+    llm: LLMConfig = LLMConfig()
+    """``[model.llm]``: the language model that turns frame tokens into queries and predictions."""
+    head: HeadTable = HeadTable()
+    """``[model.head]``: the prediction head and its options."""
+    vae: VAEConfig = VAEConfig()
+    """``[model.vae]``: the frozen VAE whose latents are the targets."""
+    lambda_coarse: float = Field(1.0, ge=0.0)
+    """Weight of the pass-1 loss: ``loss = loss_fine + lambda_coarse * loss_coarse`` (SPEC: 1.0)."""
+
+
+class TrainingConfig(Section):
+    batch_size: int = Field(2, ge=1)
+    """Clips per micro-batch (SPEC: 2)."""
+    grad_accum: int = Field(4, ge=1)
+    """Micro-batches per optimizer step (SPEC: 4, effective batch 8)."""
+    lr: float = Field(1e-4, gt=0.0)
+    """Peak AdamW learning rate (SPEC: 1e-4)."""
+    weight_decay: float = Field(0.01, ge=0.0)
+    """AdamW weight decay (SPEC: 0.01)."""
+    warmup_steps: int = Field(500, ge=0)
+    """Linear warm-up steps (SPEC: 500)."""
+    max_steps: int = Field(50_000, ge=1)
+    """Optimizer steps to train (SPEC: 50 000)."""
+    schedule: Literal["cosine", "constant"] = "cosine"
+    """Learning rate after warm-up: cosine decay to ``min_lr_ratio`` x lr, or constant."""
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    """Final learning rate of the cosine schedule, as a fraction of ``lr``."""
+    grad_clip: float = Field(1.0, ge=0.0)
+    """Clip the global gradient norm to this value; 0 disables (SPEC: 1.0)."""
+    save_every: int = Field(5_000, ge=1)
+    """Save a checkpoint every this many optimizer steps, and at the end (SPEC: 5 000)."""
+
+
+class PrecisionConfig(Section):
+    dtype: Literal["float32", "bfloat16"] = "bfloat16"
+    """Autocast dtype for forward passes on CPU and CUDA; weights and optimizer stay float32 (SPEC: bfloat16)."""
+
+
+class FoveaConfig(Section):
+    """The whole run: one root model whose sections mirror the TOML tables."""
+
+    run: RunConfig = RunConfig()
+    """``[run]``: name, output directory, seed, device, logging."""
+    data: DataConfig = DataConfig()
+    """``[data]``: the clip source and clip shape."""
+    model: ModelConfig = ModelConfig()
+    """``[model]``: encoder, LLM, head, VAE and the loss weight."""
+    training: TrainingConfig = TrainingConfig()
+    """``[training]``: optimisation."""
+    precision: PrecisionConfig = PrecisionConfig()
+    """``[precision]``: autocast dtype."""
+
+    def plugin_tables(self) -> Iterator[tuple[str, str, PluginTable]]:
+        """``(dotted path, part kind, table)`` for every table that names a plugin part."""
+        yield "data", "loader", self.data
+        yield "model.encoder", "encoder", self.model.encoder
+        yield "model.head", "head", self.model.head
+
+    @property
+    def effective_batch_size(self) -> int:
+        return self.training.batch_size * self.training.grad_accum
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> FoveaConfig:
+    """Read a TOML config, apply ``KEY=VALUE`` overrides, validate everything including plugin options.
+
+    ``path=None`` starts from the defaults. Every mistake raises ``ConfigError`` with a message
+    that names the file, the key and what to do.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = read_toml(Path(path))
+    for item in overrides:
+        apply_override(data, item)
+    return validate_config(data, source=str(path) if path is not None else "defaults")
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        hint = " (it is a directory)" if path.is_dir() else ""
+        raise ConfigError(f"config file not found: {path}{hint}. Pass a TOML file, e.g. configs/quickstart.toml.")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"training.batch_size=4"`` -> ``(["training", "batch_size"], 4)``; values parse as TOML, else str."""
+    key, sep, raw = item.partition("=")
+    keys = [k.strip() for k in key.split(".")]
+    if not sep or not all(keys):
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. --set training.batch_size=4")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()  # a bare word such as vits16 is a string
+    return keys, value
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    keys, value = parse_override(item)
+    table = data
+    for depth, key in enumerate(keys[:-1]):
+        table = table.setdefault(key, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"--set {item!r}: {'.'.join(keys[:depth + 1])} is a value, not a table")
+    table[keys[-1]] = value
+
+
+def validate_config(data: dict[str, Any], source: str = "config") -> FoveaConfig:
+    """Validate a raw dict (file + overrides) into a ``FoveaConfig`` with resolved plugin options."""
+    try:
+        config = FoveaConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, FoveaConfig, source)) from None
+    resolve_plugins(config, source)
+    return config
+
+
+def resolve_plugins(config: FoveaConfig, source: str = "config") -> None:
+    """Check each plugin table's name and options against the registered part's ``Config``."""
+    from fovea.core.plugins import get_part
+
+    for path, kind, table in config.plugin_tables():
+        try:
+            part = get_part(kind, table.name)
+        except FoveaError as exc:
+            raise ConfigError(f"{source}: {path}.name: {exc}") from None
+        options = dict(table.model_extra or {})
+        config_cls = part.cls.Config
+        unknown = [key for key in options if key not in config_cls.model_fields]
+        try:
+            if unknown:
+                raise ConfigError(_unknown_key_message(f"{path}.{unknown[0]}", unknown[0], config_cls,
+                                                       f"option of {kind} '{table.name}'"))
+            validated = config_cls.model_validate(options)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, config_cls, source, prefix=path)) from None
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+        table.__pydantic_extra__ = validated.model_dump(mode="json")
+        table._options = validated
+
+
+def format_validation_error(exc: ValidationError, model: type[BaseModel], source: str, prefix: str = "") -> str:
+    """One line per problem: the dotted key, what is wrong, the nearest valid name for typos."""
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        dotted = ".".join(([prefix] if prefix else []) + loc)
+        if err["type"] == "extra_forbidden":
+            parent = _model_at(model, loc[:-1])
+            lines.append(_unknown_key_message(dotted, loc[-1], parent))
+        else:
+            got = err.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"{dotted}: {err['msg']}{shown}")
+    return "\n".join(f"{source}: {line}" for line in lines)
+
+
+def _unknown_key_message(dotted: str, key: str, model: type[BaseModel] | None, what: str = "key") -> str:
+    known = list(model.model_fields) if model is not None else []
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else (f"; valid keys: {', '.join(known)}" if known else "")
+    return f"{dotted}: unknown {what}{hint}"
+
+
+def _model_at(model: type[BaseModel], loc: list[str]) -> type[BaseModel] | None:
+    for key in loc:
+        field = model.model_fields.get(key)
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    return model
+
+
+def config_to_toml(config: FoveaConfig) -> str:
+    """The resolved config as TOML (defaults and plugin options filled in; unset values omitted)."""
+    import tomli_w
+
+    return tomli_w.dumps(config.model_dump(mode="json", exclude_none=True))

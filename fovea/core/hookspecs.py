@@ -1,0 +1,56 @@
+"""Every hook a fovea plugin can implement, in one place (pytest's ``hookspec.py`` habit).
+
+A plugin is a module with functions marked ``@fovea.hookimpl`` and named after a hook below. Each
+hook receives a ``register(name, cls)`` callback: call it once per part the plugin provides. Core
+rejects duplicate names, so plugins never touch a global registry.
+
+Parts and their contracts (README, "Writing a plugin"):
+
+- **encoder**: ``nn.Module`` with a nested pydantic ``Config``, built as ``cls(config)``, attribute
+  ``dim``; ``encode(frames (N, 3, H, W) float in [0, 1]) -> cache``; ``attend(queries (N, dim),
+  cache, return_attention=False) -> (N, dim)`` or ``((N, dim), attention (N, num_tokens))``.
+- **head**: ``nn.Module`` with a nested ``Config``, built as ``cls(config, hidden_size=...,
+  latent_channels=...)``; ``forward(hidden (N, hidden_size), prev_latent (N, C, h, w)) -> (N, C, h, w)``.
+- **loader**: a clip source with a nested ``Config``, built as ``cls(config, num_frames=...,
+  frame_size=..., seed=...)``; ``len(source)`` clips, ``source[i]`` -> uint8 frames ``(T, 3, S, S)``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pluggy
+
+PROJECT = "fovea"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+Register = Callable[[str, type], None]
+
+
+@hookspec
+def fovea_register_encoders(register: Register) -> None:
+    """Register vision encoders: ``register("name", EncoderClass)``.
+
+    An encoder reads each frame once (``encode``) and then extracts one feature per frame for a
+    query (``attend``); pass 1 and pass 2 of the model reuse the same per-frame cache.
+    """
+
+
+@hookspec
+def fovea_register_heads(register: Register) -> None:
+    """Register prediction heads: ``register("name", HeadClass)``.
+
+    A head maps the LLM hidden state that precedes frame t, and the VAE latent of frame t-1, to the
+    predicted VAE latent of frame t.
+    """
+
+
+@hookspec
+def fovea_register_loaders(register: Register) -> None:
+    """Register data loaders (clip sources): ``register("name", SourceClass)``.
+
+    A source is a map-style collection of clips, each ``num_frames`` uint8 frames of
+    ``frame_size`` pixels; fovea computes the VAE targets once and batches them.
+    """

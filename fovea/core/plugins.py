@@ -1,0 +1,165 @@
+"""The plugin manager: built-in parts and third-party ``fovea`` entry points, one registry.
+
+Built-ins are ordinary plugins (``DEFAULT_PLUGINS``) loaded through the same hooks as entry-point
+plugins (llm's ``register_models`` pattern). ``FOVEA_LOAD_PLUGINS`` restricts which entry-point
+plugins load: a comma-separated list of entry-point names, empty for none (like llm's
+``LLM_LOAD_PLUGINS``). Loading is idempotent; ``reset_plugins()`` forgets everything (tests).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import pluggy
+
+from fovea.core import hookspecs
+from fovea.core.errors import PluginError
+
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "fovea.plugins.encoders.posthoc",
+    "fovea.plugins.heads.film",
+    "fovea.plugins.data.synthetic",
+)
+ENTRY_POINT_GROUP = "fovea"
+LOAD_PLUGINS_ENV = "FOVEA_LOAD_PLUGINS"
+
+# kind -> the hook that registers parts of that kind
+HOOKS: dict[str, str] = {
+    "encoder": "fovea_register_encoders",
+    "head": "fovea_register_heads",
+    "loader": "fovea_register_loaders",
+}
+
+
+@dataclass(frozen=True)
+class Part:
+    """One registered part: what it is, where it came from, and the class that builds it."""
+
+    kind: str
+    name: str
+    cls: type
+    source: str  # "built-in" or "<distribution> <version>" or the plugin's name
+    description: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"kind": self.kind, "name": self.name, "source": self.source,
+                "description": self.description, "class": f"{self.cls.__module__}.{self.cls.__qualname__}"}
+
+
+_manager: pluggy.PluginManager | None = None
+_parts: dict[str, dict[str, Part]] | None = None
+_sources: dict[int, str] = {}  # id(entry-point plugin) -> "<distribution> <version>"
+
+
+def get_plugin_manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager with built-ins and allowed entry points loaded."""
+    global _manager
+    if _manager is None:
+        manager = pluggy.PluginManager(hookspecs.PROJECT)
+        manager.add_hookspecs(hookspecs)
+        for module_name in DEFAULT_PLUGINS:
+            manager.register(importlib.import_module(module_name), name=module_name)
+        _load_entry_points(manager)
+        _manager = manager
+    return _manager
+
+
+def _load_entry_points(manager: pluggy.PluginManager) -> None:
+    allowed = os.environ.get(LOAD_PLUGINS_ENV)
+    allowed_names = None if allowed is None else {n.strip() for n in allowed.split(",") if n.strip()}
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if allowed_names is not None and ep.name not in allowed_names:
+            continue
+        if manager.get_plugin(ep.name) is not None or manager.is_blocked(ep.name):
+            continue
+        dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else ep.name
+        try:
+            plugin = ep.load()
+        except Exception as exc:  # a broken third-party plugin must not look like a fovea bug
+            raise PluginError(
+                f"plugin '{ep.name}' ({dist}) failed to import: {type(exc).__name__}: {exc}. "
+                f"Fix or uninstall it, or leave it out with {LOAD_PLUGINS_ENV}=<names to load>."
+            ) from None
+        manager.register(plugin, name=ep.name)
+        _sources[id(plugin)] = dist
+
+
+
+def _collect_parts(manager: pluggy.PluginManager) -> dict[str, dict[str, Part]]:
+    from pydantic import BaseModel
+
+    parts: dict[str, dict[str, Part]] = {kind: {} for kind in HOOKS}
+    for kind, hook_name in HOOKS.items():
+        # Call each implementation on its own so every part knows which plugin registered it.
+        for impl in getattr(manager.hook, hook_name).get_hookimpls():
+            source = _sources.get(id(impl.plugin), "built-in" if impl.plugin_name in DEFAULT_PLUGINS
+                                  else impl.plugin_name)
+
+            def register(name: str, cls: type, *, _kind=kind, _source=source) -> None:
+                if not isinstance(name, str) or not name:
+                    raise PluginError(f"{_source}: a {_kind} must be registered under a non-empty name")
+                if name in parts[_kind]:
+                    other = parts[_kind][name].source
+                    raise PluginError(
+                        f"{_kind} '{name}' is registered twice (by {other} and by {_source}); "
+                        f"rename one, or leave one plugin out with {LOAD_PLUGINS_ENV}."
+                    )
+                config_cls = getattr(cls, "Config", None)
+                if not (isinstance(config_cls, type) and issubclass(config_cls, BaseModel)):
+                    raise PluginError(
+                        f"{_kind} '{name}' from {_source}: {cls.__qualname__} needs a nested pydantic "
+                        f"`Config` model holding its options (see README, 'Writing a plugin')."
+                    )
+                doc = (cls.__doc__ or "").strip().splitlines()
+                parts[_kind][name] = Part(_kind, name, cls, _source, doc[0] if doc else "")
+
+            impl.function(**{arg: register for arg in impl.argnames})
+    return parts
+
+
+def get_parts(kind: str) -> dict[str, Part]:
+    """All registered parts of one kind ("encoder", "head" or "loader"), by name."""
+    global _parts
+    if _parts is None:
+        _parts = _collect_parts(get_plugin_manager())
+    return _parts[kind]
+
+
+def get_part(kind: str, name: str) -> Part:
+    """The part registered as ``name``; an unknown name is an error listing the known ones."""
+    parts = get_parts(kind)
+    if name not in parts:
+        known = ", ".join(sorted(parts)) or "none"
+        raise PluginError(f"unknown {kind} '{name}'; registered {kind}s: {known}. "
+                          f"`fovea plugins` lists every part and where it comes from.")
+    return parts[name]
+
+
+def all_parts() -> list[Part]:
+    """Every registered part, sorted by kind then name."""
+    return [part for kind in HOOKS for _, part in sorted(get_parts(kind).items())]
+
+
+def register_plugin(plugin: Any, name: str | None = None) -> None:
+    """Add a plugin object (module or class instance with hook implementations) at run time."""
+    global _parts
+    get_plugin_manager().register(plugin, name=name)
+    _parts = None
+
+
+def unregister_plugin(plugin: Any) -> None:
+    """Remove a plugin added with ``register_plugin``."""
+    global _parts
+    get_plugin_manager().unregister(plugin)
+    _parts = None
+
+
+def reset_plugins() -> None:
+    """Forget the manager and every registration; the next lookup loads plugins afresh."""
+    global _manager, _parts
+    _manager, _parts = None, None
+    _sources.clear()

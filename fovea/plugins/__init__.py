@@ -1,0 +1,1 @@
+"""Built-in parts: encoders, heads and clip sources, registered through the same hooks as any plugin."""

@@ -1,0 +1,1 @@
+"""Built-in clip sources (the ``loader`` part kind)."""

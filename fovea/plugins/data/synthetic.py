@@ -1,0 +1,87 @@
+"""``synthetic``: short videos of moving shapes, deterministic from a seed (no downloads).
+
+Each clip holds several objects (circles and squares) of different sizes, colours and speeds that
+bounce off the frame borders, so *where to look* matters for predicting the next frame.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from fovea.core.hookspecs import hookimpl
+
+BACKGROUND = 0.08  # dark grey
+
+
+class SyntheticShapes:
+    """Moving circles and squares of several sizes and speeds, deterministic from the run seed."""
+
+    class Config(BaseModel):
+        """Options of the ``synthetic`` source."""
+
+        model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+        num_clips: int = Field(256, ge=1)
+        """Number of clips in the set."""
+        num_objects: int = Field(3, ge=1)
+        """Objects per clip."""
+        min_radius: float = Field(0.06, gt=0.0, lt=0.5)
+        """Smallest object half-size, as a fraction of the frame side."""
+        max_radius: float = Field(0.2, gt=0.0, lt=0.5)
+        """Largest object half-size, as a fraction of the frame side."""
+        max_speed: float = Field(0.08, ge=0.0)
+        """Largest speed, in frame sides per frame."""
+
+        @model_validator(mode="after")
+        def _radii_ordered(self):
+            if self.min_radius > self.max_radius:
+                raise ValueError(f"min_radius ({self.min_radius}) must not exceed max_radius ({self.max_radius})")
+            return self
+
+    def __init__(self, config: Config, *, num_frames: int, frame_size: int, seed: int = 0):
+        self.config = config
+        self.num_frames = num_frames
+        self.frame_size = frame_size
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return self.config.num_clips
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        """Clip ``index`` as uint8 frames (T, 3, S, S)."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"clip {index} out of range for {len(self)} clips")
+        c, T, S, K = self.config, self.num_frames, self.frame_size, self.config.num_objects
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        radius = c.min_radius + (c.max_radius - c.min_radius) * torch.rand(K, generator=g)     # (K,)
+        start = radius[:, None] + (1 - 2 * radius[:, None]) * torch.rand(K, 2, generator=g)  # (K, 2) x, y
+        speed = c.max_speed * (2 * torch.rand(K, 2, generator=g) - 1)                        # (K, 2)
+        colour = 0.3 + 0.7 * torch.rand(K, 3, generator=g)                                   # (K, 3)
+        is_square = torch.rand(K, generator=g) < 0.5                                         # (K,)
+
+        # Straight motion folded into [r, 1 - r] by a triangle wave: a bounce off each border.
+        t = torch.arange(T, dtype=torch.float32)[:, None, None]                              # (T, 1, 1)
+        span = (1 - 2 * radius)[None, :, None]                                               # (1, K, 1)
+        travel = (start - radius[:, None])[None] + speed[None] * t                           # (T, K, 2)
+        phase = torch.remainder(travel, 2 * span)
+        centre = radius[None, :, None] + span - (phase - span).abs()                         # (T, K, 2)
+
+        grid = (torch.arange(S, dtype=torch.float32) + 0.5) / S                              # (S,)
+        dx = grid[None, None, None, :] - centre[..., 0, None, None]                         # (T, K, 1, S)
+        dy = grid[None, None, :, None] - centre[..., 1, None, None]                         # (T, K, S, 1)
+        r = radius[None, :, None, None]
+        inside = torch.where(is_square[None, :, None, None],
+                             torch.maximum(dx.abs(), dy.abs()) <= 0.85 * r,
+                             dx.square() + dy.square() <= r.square())                        # (T, K, S, S)
+
+        # Painter's order: the highest-index object covering a pixel is the one seen.
+        depth = inside * torch.arange(1, K + 1)[None, :, None, None]                         # (T, K, S, S)
+        top = depth.argmax(dim=1)                                                            # (T, S, S)
+        frames = torch.where(inside.any(dim=1)[..., None], colour[top], BACKGROUND)         # (T, S, S, 3)
+        return (frames.permute(0, 3, 1, 2) * 255).round().to(torch.uint8)                   # (T, 3, S, S)
+
+
+@hookimpl
+def fovea_register_loaders(register):
+    register("synthetic", SyntheticShapes)

@@ -1,0 +1,1 @@
+"""Built-in vision encoders (the encoder contract is in ``fovea.core.hookspecs``)."""

@@ -64,7 +64,10 @@ def iterate_batches(clips: ClipSet, batch_size: int, seed: int) -> Iterator[tupl
     """Endless ``(frames, latents)`` batches: a fresh seeded shuffle each epoch, incomplete batches dropped."""
     if batch_size > len(clips):
         raise FoveaError(f"training.batch_size ({batch_size}) is larger than the {len(clips)} clips in the data set")
-    generator = torch.Generator().manual_seed(seed)
+    return _shuffled_batches(clips, batch_size, torch.Generator().manual_seed(seed))
+
+
+def _shuffled_batches(clips: ClipSet, batch_size: int, generator: torch.Generator):
     while True:
         order = torch.randperm(len(clips), generator=generator)
         for start in range(0, len(order) - batch_size + 1, batch_size):

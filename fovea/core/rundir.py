@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ class RunDir:
 
     @classmethod
     def create(cls, config: FoveaConfig) -> "RunDir":
-        """A new, empty run directory with the resolved config and environment written into it."""
+        """A new run directory holding the resolved config and environment (``latest`` is not moved yet)."""
         root = Path(config.run.output_dir)
         latest = root / "latest"
         if latest.exists() and not latest.is_symlink():
@@ -44,11 +45,19 @@ class RunDir:
         run = cls(path)
         run.config_file.write_text(config_to_toml(config), encoding="utf-8")
         run.write_json("env.json", collect_environment())
-        tmp = root / f".latest-{os.getpid()}"
-        tmp.unlink(missing_ok=True)
-        tmp.symlink_to(path.name)   # relative: the runs directory can move
-        os.replace(tmp, latest)     # atomic: `latest` always names a complete directory or the previous one
         return run
+
+    def mark_latest(self) -> None:
+        """Point ``<output_dir>/latest`` at this run (atomically: it always names a complete directory)."""
+        latest = self.path.parent / "latest"
+        tmp = self.path.parent / f".latest-{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(self.path.name)   # relative: the runs directory can move
+        os.replace(tmp, latest)
+
+    def discard(self) -> None:
+        """Remove this run directory (only for a run that failed before training started)."""
+        shutil.rmtree(self.path, ignore_errors=True)
 
     @classmethod
     def open(cls, path: str | Path) -> "RunDir":

@@ -83,16 +83,20 @@ def train(config: FoveaConfig) -> RunDir:
 
     device = resolve_device(config.run.device)
     dtype = DTYPES[config.precision.dtype]
+    model = build_model(config).to(device).train()   # bad pretrained ids fail here, before anything is written
     seed_everything(config.run.seed)
     run = RunDir.create(config)
-
-    vae = prepare_vae(config, run, device)
-    clips = prepare_clips(config, vae, dtype if device.type == "cuda" else torch.float32)
-    del vae
-    model = build_model(config).to(device).train()
+    try:
+        vae = prepare_vae(config, run, device)
+        clips = prepare_clips(config, vae, dtype if device.type == "cuda" else torch.float32)
+        del vae
+        batches = iterate_batches(clips, config.training.batch_size, config.run.seed)
+    except FoveaError:
+        run.discard()   # a run that never started leaves nothing behind, and `latest` stays where it was
+        raise
+    run.mark_latest()
     optimizer = build_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
-    batches = iterate_batches(clips, config.training.batch_size, config.run.seed)
     trainable = [p for p in model.parameters() if p.requires_grad]
 
     t = config.training

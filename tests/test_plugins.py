@@ -1,0 +1,133 @@
+"""Plugin registries: built-ins, throwaway plugins, entry-point plugins, and broken ones."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from pydantic import BaseModel
+from torch import nn
+
+import fovea
+from fovea.core import plugins
+from fovea.core.errors import PluginError
+from tests.helpers import QUICKSTART, ROOT, tiny_overrides
+
+
+@pytest.fixture(autouse=True)
+def fresh_registry():
+    plugins.reset_plugins()
+    yield
+    plugins.reset_plugins()
+
+
+def test_builtins_register_through_the_hooks():
+    found = {(p.kind, p.name): p for p in plugins.all_parts()}
+    for key in [("encoder", "posthoc"), ("head", "film"), ("loader", "synthetic")]:
+        assert found[key].source == "built-in"
+        assert found[key].description
+    assert plugins.get_plugin_manager() is plugins.get_plugin_manager()   # idempotent
+
+
+class Throwaway:
+    """A plugin object registering one encoder, added and removed at run time."""
+
+    class Encoder(nn.Module):
+        """Throwaway encoder for tests."""
+
+        class Config(BaseModel):
+            pass
+
+    @fovea.hookimpl
+    def fovea_register_encoders(self, register):
+        register("throwaway", self.Encoder)
+
+
+def test_throwaway_plugin_registers_and_unregisters():
+    plugin = Throwaway()
+    plugins.register_plugin(plugin, name="throwaway-plugin")
+    try:
+        part = plugins.get_part("encoder", "throwaway")
+        assert part.cls is Throwaway.Encoder and part.source == "throwaway-plugin"
+        assert part.description == "Throwaway encoder for tests."
+    finally:
+        plugins.unregister_plugin(plugin)
+    with pytest.raises(PluginError, match="unknown encoder 'throwaway'; registered encoders: .*posthoc"):
+        plugins.get_part("encoder", "throwaway")
+
+
+def test_duplicate_name_names_both_sources():
+    class Clash:
+        @fovea.hookimpl
+        def fovea_register_heads(self, register):
+            register("film", Throwaway.Encoder)
+
+    plugins.register_plugin(Clash(), name="clash")
+    with pytest.raises(PluginError, match="head 'film' is registered twice \\(by built-in and by clash\\)"):
+        plugins.get_parts("head")
+
+
+def test_part_without_config_is_rejected():
+    class NoConfig:
+        @fovea.hookimpl
+        def fovea_register_loaders(self, register):
+            register("bare", object)
+
+    plugins.register_plugin(NoConfig(), name="no-config")
+    with pytest.raises(PluginError, match="needs a nested pydantic `Config`"):
+        plugins.get_parts("loader")
+
+
+def fake_entry_points(*points):
+    def entry_points(group):
+        return [ep for ep in points if ep.group == group]
+    return entry_points
+
+
+def test_broken_entry_point_plugin_is_one_clear_error(monkeypatch):
+    broken = importlib.metadata.EntryPoint(name="broken", value="fovea_no_such_module_xyz", group="fovea")
+    monkeypatch.setattr(plugins.importlib.metadata, "entry_points", fake_entry_points(broken))
+    with pytest.raises(PluginError, match="plugin 'broken' .* failed to import: ModuleNotFoundError.*FOVEA_LOAD_PLUGINS"):
+        plugins.get_parts("encoder")
+    # the environment variable leaves it out
+    plugins.reset_plugins()
+    monkeypatch.setenv("FOVEA_LOAD_PLUGINS", "")
+    assert "posthoc" in plugins.get_parts("encoder")
+
+
+@pytest.fixture(scope="module")
+def installed_example_plugin(tmp_path_factory):
+    """pip-install tests/assets/fovea-example-plugin into a private directory; yield that directory."""
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--no-index", "--target", str(target), str(ROOT / "tests" / "assets" / "fovea-example-plugin")],
+                   check=True, capture_output=True)
+    return target
+
+
+def run_fovea(args, pythonpath, **env):
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(pythonpath), str(ROOT)]), **env}
+    return subprocess.run([sys.executable, "-m", "fovea", *args], capture_output=True, text=True, env=environment)
+
+
+def test_entry_point_plugin_is_discovered_and_usable_by_name(installed_example_plugin, tmp_path):
+    listed = run_fovea(["plugins", "--json"], installed_example_plugin)
+    assert listed.returncode == 0, listed.stderr
+    parts = {(p["kind"], p["name"]): p for p in json.loads(listed.stdout)}
+    assert parts[("head", "additive")]["source"] == "fovea-example-plugin 0.1.0"
+
+    # the quick-start file holds the film head's options; this head has options of its own
+    config = tmp_path / "additive.toml"
+    config.write_text(QUICKSTART.read_text().replace("channels = [16, 32, 64]\nfilm_hidden = 64\n", ""))
+    overrides = tiny_overrides(tmp_path, **{"model.head.name": "additive", "model.head.kernel_size": "1"})
+    args = ["run", str(config)] + [item for o in overrides for item in ("--set", o)]
+    trained = run_fovea(args, installed_example_plugin)
+    assert trained.returncode == 0, trained.stderr
+    assert (tmp_path / "runs" / "latest" / "model.safetensors").is_file()
+
+    hidden = run_fovea(["plugins", "--json"], installed_example_plugin, FOVEA_LOAD_PLUGINS="")
+    assert "additive" not in {p["name"] for p in json.loads(hidden.stdout)}

@@ -24,7 +24,7 @@ def test_config_show_prints_resolved_toml_with_overrides():
     result = runner.invoke(app, ["config", "show", str(QUICKSTART), "--set", "training.batch_size=3"])
     assert result.exit_code == 0, result.output
     assert "[training]\nbatch_size = 3\n" in result.output
-    assert 'name = "posthoc"' in result.output or 'name = "deep"' in result.output
+    assert 'name = "deep"' in result.output
 
 
 def test_config_validate_ok():
@@ -37,7 +37,7 @@ def test_plugins_table_and_json():
     assert table.exit_code == 0
     assert table.output.splitlines()[0].split()[:3] == ["KIND", "NAME", "SOURCE"]
     parts = json.loads(runner.invoke(app, ["plugins", "--json"]).output)
-    assert {"posthoc", "film", "synthetic"} <= {p["name"] for p in parts}
+    assert {"deep", "posthoc", "film", "synthetic"} <= {p["name"] for p in parts}
 
 
 def test_run_trains_and_reports(tmp_path):

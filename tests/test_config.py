@@ -41,7 +41,7 @@ def test_phase1_holds_the_spec_values():
 
 def test_plugin_options_sit_beside_the_name_and_are_validated():
     c = load_config(QUICKSTART)
-    assert c.model.encoder.name == "posthoc"
+    assert c.model.encoder.name == "deep"
     assert c.model.encoder.options.size == "tiny"
     assert c.model.head.options.channels == (16, 32, 64)
     assert c.data.options.num_clips == 512

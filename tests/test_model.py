@@ -32,7 +32,7 @@ def test_each_frame_is_encoded_once_and_attended_twice(tiny_model, tiny_batch, m
 
 def test_no_prediction_sees_its_target_frame(tiny_model, tiny_batch):
     leak = probes.target_leak(tiny_model, *tiny_batch)
-    assert leak["pred_coarse"] <= 1e-5 and leak["pred_fine"] <= 1e-5
+    assert leak["pred_coarse"] <= 1e-6 and leak["pred_fine"] <= 1e-6
 
 
 def test_leak_probe_catches_an_off_by_one(tiny_model, tiny_batch, monkeypatch):
@@ -40,7 +40,7 @@ def test_leak_probe_catches_an_off_by_one(tiny_model, tiny_batch, monkeypatch):
     # the state used for frame t would then have seen z_t: the classic wiring bug
     monkeypatch.setattr(tiny_model, "_read_sequence", lambda token, z: read(token, z).roll(-1, dims=1))
     leak = probes.target_leak(tiny_model, *tiny_batch)
-    assert leak["pred_coarse"] > 1e-3 and leak["pred_fine"] > 1e-3
+    assert leak["pred_coarse"] > 1e-4 and leak["pred_fine"] > 1e-4    # 100x above the clean bound
 
 
 def test_pass2_reads_with_pass1_queries_shifted_by_one(tiny_model, tiny_batch):

@@ -20,6 +20,7 @@ from fovea.core import hookspecs
 from fovea.core.errors import PluginError
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
+    "fovea.plugins.encoders.deep",
     "fovea.plugins.encoders.posthoc",
     "fovea.plugins.heads.film",
     "fovea.plugins.data.synthetic",

@@ -57,6 +57,21 @@ def run_command(config: Path = ConfigArgument, overrides: List[str] = SetOption)
                f"loss_coarse {last['loss_coarse']:.4f}  ratio {last['ratio']:.3f}")
 
 
+@app.command("precompute")
+@user_errors
+def precompute_command(config: Path = ConfigArgument, overrides: List[str] = SetOption) -> None:
+    """Decode every clip once and cache frames + VAE latents (resumable; `fovea run` reuses the cache)."""
+    from fovea.core.cache import build_cache
+    from fovea.core.config import load_config
+    from fovea.core.train import resolve_device
+
+    cfg = load_config(config, overrides)
+    report = build_cache(cfg, resolve_device(cfg.run.device), progress=cfg.run.progress).report()
+    typer.echo(f"cache: {report['cache']}\nclips: {report['num_clips']}  skipped: {report['num_skipped']}")
+    for item in report["skipped"]:
+        typer.echo(f"  skipped {item['source'] or item['index']}: {item['reason']}")
+
+
 @config_app.command("show")
 @user_errors
 def config_show(config: Path = ConfigArgument, overrides: List[str] = SetOption) -> None:

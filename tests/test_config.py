@@ -89,7 +89,7 @@ def test_show_output_loads_back_to_the_same_config(tmp_path):
     ('[training]\nbatch_size = "abc"\n', "training.batch_size: Input should be a valid integer"),
     ("[training]\nbatch_size = 0\n", "training.batch_size: Input should be greater than or equal to 1"),
     ('[model.encoder]\nname = "nope"\n', "model.encoder.name: unknown encoder 'nope'; registered encoders: "),
-    ('[model.encoder]\nsise = "tiny"\n', "model.encoder.sise: unknown option of encoder 'posthoc'; did you mean 'size'?"),
+    ('[model.encoder]\nsise = "tiny"\n', "model.encoder.sise: unknown option of encoder 'deep'; did you mean 'size'?"),
     ('[model.encoder]\nsize = "huge"\n', "model.encoder.size: Input should be 'tiny' or 'vits16'"),
     ('[data]\nnum_clipz = 3\n', "data.num_clipz: unknown option of loader 'synthetic'; did you mean 'num_clips'?"),
     ('[data]\nmin_radius = 0.3\nmax_radius = 0.1\n', "min_radius (0.3) must not exceed max_radius (0.1)"),

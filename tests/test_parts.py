@@ -80,24 +80,40 @@ def test_film_head_has_the_spec_shape():
     assert not torch.allclose(head(torch.randn(2, 576), prev), head(torch.randn(2, 576), prev))
 
 
+@pytest.fixture(scope="module")
+def loader_options(tmp_path_factory):
+    """Options that give each built-in loader something to read; third-party loaders get their defaults."""
+    from tests.helpers import write_video
+
+    videos = tmp_path_factory.mktemp("videos")
+    write_video(videos / "clip.mp4", num_frames=12)
+    return {"videos": {"path": str(videos)}}
+
+
 @pytest.mark.parametrize("name", LOADERS)
-def test_loader_contract(name):
+def test_loader_contract(name, loader_options):
+    from fovea.core.data import Clip
+
     cls = get_parts("loader")[name].cls
-    source = cls(cls.Config(), num_frames=4, frame_size=32, seed=1)
+    options = cls.Config(**loader_options.get(name, {}))
+    source = cls(options, num_frames=4, frame_size=32, seed=1)
     assert len(source) > 0
     clip = source[0]
-    assert clip.dtype == torch.uint8 and clip.shape == (4, 3, 32, 32)
-    assert torch.equal(clip, cls(cls.Config(), num_frames=4, frame_size=32, seed=1)[0])   # deterministic
+    assert isinstance(clip, Clip) and clip.source
+    assert clip.frames.dtype == torch.uint8 and clip.frames.shape == (4, 3, 32, 32)
+    assert len(clip.frame_indices) == 4
+    assert torch.equal(clip.frames, cls(options, num_frames=4, frame_size=32, seed=1)[0].frames)   # deterministic
 
 
 def test_synthetic_clips_move_and_differ():
     from fovea.plugins.data.synthetic import SyntheticShapes
 
     source = SyntheticShapes(SyntheticShapes.Config(num_objects=3), num_frames=8, frame_size=64, seed=0)
-    clip = source[0].float()
+    clip = source[0].frames.float()
     assert (clip[1:] - clip[:-1]).abs().sum(dim=(1, 2, 3)).min() > 0      # something moves every frame
-    assert not torch.equal(source[0], source[1])                          # clips differ
-    assert not torch.equal(source[0], SyntheticShapes(source.config, num_frames=8, frame_size=64, seed=1)[0])
+    assert not torch.equal(source[0].frames, source[1].frames)            # clips differ
+    other_seed = SyntheticShapes(source.config, num_frames=8, frame_size=64, seed=1)
+    assert not torch.equal(source[0].frames, other_seed[0].frames)
     assert len(torch.unique(clip.flatten(1).T, dim=0)) >= 3               # background + several colours
     with pytest.raises(IndexError):
         source[len(source)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -56,7 +58,7 @@ def test_training_runs_on_loaded_models(saved_models, tmp_path):
         "model.vae.pretrained": f'"{root / "vae"}"', "training.max_steps": "2"}))
     run = train(config)
     assert len(run.read_metrics()) == 1
-    assert not run.vae_dir.exists()          # a configured VAE is used as is, not re-initialised
+    assert json.loads(run.data_report_file.read_text())["vae"] == str(root / "vae")   # used as is
 
 
 @pytest.mark.parametrize("key", ["model.encoder.pretrained", "model.llm.pretrained"])

@@ -21,14 +21,17 @@ def test_run_directory_holds_everything(tmp_path):
     run = train(config)
     latest = tmp_path / "runs" / "latest"
     assert latest.is_symlink() and not latest.readlink().is_absolute() and latest.resolve() == run.path
-    for name in ("config.toml", "env.json", "metrics.jsonl", "model.safetensors", "summary.json", "vae/config.json"):
+    for name in ("config.toml", "env.json", "metrics.jsonl", "model.safetensors", "summary.json",
+                 "data_report.json", "loader_state.json"):
         assert (run.path / name).exists(), name
 
     assert fovea.load_config(run.config_file).model_dump() == config.model_dump()
     metrics = run.read_metrics()
     assert [m["step"] for m in metrics] == [2, 4]
     for m in metrics:
-        assert set(m) >= {"step", "loss", "loss_fine", "loss_coarse", "ratio", "grad_norm", "lr", "samples_per_s"}
+        assert set(m) >= {"step", "loss", "loss_fine", "loss_coarse", "ratio", "grad_norm", "lr", "samples_per_s",
+                          "data_wait_share"}
+        assert 0 <= m["data_wait_share"] < 1
         assert m["ratio"] == pytest.approx(m["loss_coarse"] / m["loss_fine"])
         assert m["loss"] == pytest.approx(m["loss_fine"] + m["loss_coarse"], rel=1e-5)
     env = json.loads((run.path / "env.json").read_text())

@@ -65,11 +65,21 @@ class DataConfig(PluginTable):
     """Frames per clip, T (SPEC: 8, sampled uniformly over the clip)."""
     frame_size: int = Field(256, ge=16)
     """Square frame side in pixels (SPEC: 256)."""
+    cache_dir: str = "data/cache"
+    """Where decoded clips and their VAE latents are cached; one subdirectory per data + VAE setting."""
+    shard_size: int = Field(256, ge=1)
+    """Clips per cache shard (the unit that ``fovea precompute`` writes atomically and resumes by)."""
+    num_workers: int = Field(4, ge=0)
+    """Threads that read batches from the cache (and decode clips in ``fovea precompute``); 0 = main thread."""
+    prefetch: int = Field(4, ge=1)
+    """Batches the loader keeps ready ahead of the training step."""
+    pin_memory: bool = True
+    """Pin batches in page-locked memory for fast, asynchronous copies to the GPU (ignored on CPU)."""
 
 
 class EncoderTable(PluginTable):
-    name: str = "posthoc"
-    """Vision encoder (a registered encoder): ``posthoc``, or a plugin's."""
+    name: str = "deep"
+    """Vision encoder (a registered encoder): ``deep`` (SPEC), ``posthoc`` (baseline), or a plugin's."""
 
 
 class HeadTable(PluginTable):

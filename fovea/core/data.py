@@ -1,14 +1,14 @@
-"""Clips in, training batches out: read each clip once, compute its VAE targets once, batch in memory.
+"""Clips: what a clip source (a ``loader`` plugin) returns, and how fovea builds one from the config.
 
-The clip source is a ``loader`` plugin (``[data] name = ...``): a map-style collection of uint8 clips
-``(T, 3, S, S)``. Targets are the frozen VAE's latents (SPEC.md), computed in batches before training,
-never per step.
+A source is a map-style collection: ``len(source)`` clips, ``source[i]`` a ``Clip`` of ``num_frames``
+uint8 frames ``(T, 3, S, S)`` with where it came from. A clip that cannot be read (a corrupt or
+audio-only file, a clip too short for the policy) raises ``SkipClip`` with the reason: it is listed
+in the data report and left out; the run goes on. ``fovea.core.cache`` decodes every clip once.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterator
+from dataclasses import dataclass, field
 
 import torch
 
@@ -17,14 +17,20 @@ from fovea.core.errors import FoveaError, PluginError
 
 
 @dataclass
-class ClipSet:
-    """Every clip of a run, decoded once, with its targets."""
+class Clip:
+    """One clip: its frames and what they were read from."""
 
-    frames: torch.Tensor   # (N, T, 3, S, S) uint8
-    latents: torch.Tensor  # (N, T, C, h, w) float32: latent_dist.mean * scaling_factor
+    frames: torch.Tensor                 # (T, 3, S, S) uint8
+    source: str                          # a file path, or a description such as "synthetic seed=0 clip=3"
+    frame_indices: list[int] = field(default_factory=list)  # indices of the frames in the source
 
-    def __len__(self) -> int:
-        return len(self.frames)
+
+class SkipClip(Exception):
+    """Raised by a source for a clip it cannot provide: the reason and the item go into the data report."""
+
+    def __init__(self, reason: str, source: str = ""):
+        super().__init__(f"{source}: {reason}" if source else reason)
+        self.reason, self.source = reason, source
 
 
 def build_source(config: FoveaConfig):
@@ -32,44 +38,36 @@ def build_source(config: FoveaConfig):
     from fovea.core.plugins import get_part
 
     part = get_part("loader", config.data.name)
-    return part.cls(config.data.options, num_frames=config.data.num_frames,
-                    frame_size=config.data.frame_size, seed=config.run.seed)
-
-
-def read_clips(config: FoveaConfig) -> torch.Tensor:
-    """All clips of the configured source as uint8 (N, T, 3, S, S), checked against the loader contract."""
-    source = build_source(config)
+    source = part.cls(config.data.options, num_frames=config.data.num_frames,
+                      frame_size=config.data.frame_size, seed=config.run.seed)
     if len(source) == 0:
         raise FoveaError(f"the '{config.data.name}' source has no clips; check the [data] table")
+    return source
+
+
+def check_clip(clip: Clip, config: FoveaConfig) -> Clip:
+    """``clip`` if it keeps the loader contract, else a ``PluginError`` naming the loader."""
     T, S = config.data.num_frames, config.data.frame_size
-    clips = [source[i] for i in range(len(source))]
-    bad = next((c for c in clips if c.dtype != torch.uint8 or tuple(c.shape) != (T, 3, S, S)), None)
-    if bad is not None:
-        raise PluginError(f"loader '{config.data.name}' returned a clip of {tuple(bad.shape)} {bad.dtype}; "
-                          f"the loader contract is uint8 frames of shape {(T, 3, S, S)}")
-    return torch.stack(clips)
+    frames = getattr(clip, "frames", None)
+    if not isinstance(frames, torch.Tensor) or frames.dtype != torch.uint8 or tuple(frames.shape) != (T, 3, S, S):
+        got = f"{tuple(frames.shape)} {frames.dtype}" if isinstance(frames, torch.Tensor) else type(clip).__name__
+        raise PluginError(f"loader '{config.data.name}' returned {got}; the loader contract is a fovea Clip "
+                          f"with uint8 frames of shape {(T, 3, S, S)}")
+    return clip
 
 
-def prepare_clips(config: FoveaConfig, vae, dtype: torch.dtype = torch.float32) -> ClipSet:
-    """Read every clip and compute its VAE latents once (batched on the VAE's device)."""
-    from fovea.core.vae import encode_latents
+def read_clips(config: FoveaConfig, indices: list[int] | None = None) -> torch.Tensor:
+    """Frames of the given clips (default: all) as uint8 (N, T, 3, S, S), skipping unreadable ones.
 
-    frames = read_clips(config)                                                  # (N, T, 3, S, S)
-    N, T = frames.shape[:2]
-    latents = encode_latents(vae, frames.flatten(0, 1), config.model.vae.batch_size, dtype)  # (N*T, C, h, w)
-    return ClipSet(frames=frames, latents=latents.view(N, T, *latents.shape[1:]))
-
-
-def iterate_batches(clips: ClipSet, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless ``(frames, latents)`` batches: a fresh seeded shuffle each epoch, incomplete batches dropped."""
-    if batch_size > len(clips):
-        raise FoveaError(f"training.batch_size ({batch_size}) is larger than the {len(clips)} clips in the data set")
-    return _shuffled_batches(clips, batch_size, torch.Generator().manual_seed(seed))
-
-
-def _shuffled_batches(clips: ClipSet, batch_size: int, generator: torch.Generator):
-    while True:
-        order = torch.randperm(len(clips), generator=generator)
-        for start in range(0, len(order) - batch_size + 1, batch_size):
-            index = order[start:start + batch_size]
-            yield clips.frames[index], clips.latents[index]
+    For tests and probes that need a few real clips; training streams from the cache instead.
+    """
+    source = build_source(config)
+    frames = []
+    for index in range(len(source)) if indices is None else indices:
+        try:
+            frames.append(check_clip(source[index], config).frames)
+        except SkipClip:
+            continue
+    if not frames:
+        raise FoveaError(f"none of the requested clips of the '{config.data.name}' source could be read")
+    return torch.stack(frames)

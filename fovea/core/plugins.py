@@ -24,6 +24,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "fovea.plugins.encoders.posthoc",
     "fovea.plugins.heads.film",
     "fovea.plugins.data.synthetic",
+    "fovea.plugins.data.videos",
 )
 ENTRY_POINT_GROUP = "fovea"
 LOAD_PLUGINS_ENV = "FOVEA_LOAD_PLUGINS"

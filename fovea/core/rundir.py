@@ -1,15 +1,15 @@
 """The run directory: everything a run writes, and everything ``audit``/``profile`` read back.
 
 Layout of ``<output_dir>/<timestamp>-<name>/``: ``config.toml`` (resolved), ``env.json``,
-``metrics.jsonl``, ``model.safetensors``, ``summary.json``, ``vae/`` (a random-initialised VAE, when
-the config names none). ``<output_dir>/latest`` is a relative symlink to the newest run.
+``metrics.jsonl``, ``model.safetensors`` and ``loader_state.json`` (at each checkpoint),
+``data_report.json`` (the clip cache used, the VAE of its targets, skipped files and why),
+``summary.json``. ``<output_dir>/latest`` is a relative symlink to the newest run.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +27,7 @@ class RunDir:
     metrics_file = property(lambda self: self.path / "metrics.jsonl")
     checkpoint_file = property(lambda self: self.path / "model.safetensors")
     summary_file = property(lambda self: self.path / "summary.json")
-    vae_dir = property(lambda self: self.path / "vae")
+    data_report_file = property(lambda self: self.path / "data_report.json")
 
     @classmethod
     def create(cls, config: FoveaConfig) -> "RunDir":
@@ -54,10 +54,6 @@ class RunDir:
         tmp.unlink(missing_ok=True)
         tmp.symlink_to(self.path.name)   # relative: the runs directory can move
         os.replace(tmp, latest)
-
-    def discard(self) -> None:
-        """Remove this run directory (only for a run that failed before training started)."""
-        shutil.rmtree(self.path, ignore_errors=True)
 
     @classmethod
     def open(cls, path: str | Path) -> "RunDir":

@@ -66,49 +66,54 @@ def save_checkpoint(model: torch.nn.Module, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def prepare_vae(config: FoveaConfig, run: RunDir, device: torch.device):
-    """The frozen VAE: the configured one, or a seeded random one saved into the run and loaded back."""
-    from fovea.core.vae import load_vae, save_random_vae
-
-    pretrained = config.model.vae.pretrained or save_random_vae(config.model.vae, run.vae_dir, config.run.seed)
-    return load_vae(pretrained, device)
-
-
 def train(config: FoveaConfig) -> RunDir:
-    """Train the model ``config`` describes; returns the run directory it wrote."""
-    from tqdm.auto import tqdm
+    """Train the model ``config`` describes; returns the run directory it wrote.
 
-    from fovea.core.data import iterate_batches, prepare_clips
+    Everything that can fail on bad input (model loading, the data, the batch size) happens before the
+    run directory is created, so a run that cannot start writes nothing and leaves ``latest`` alone.
+    """
+    from fovea.core.cache import build_cache
+    from fovea.core.loader import build_loader, shutdown
     from fovea.core.model import build_model
 
     device = resolve_device(config.run.device)
-    dtype = DTYPES[config.precision.dtype]
-    model = build_model(config).to(device).train()   # bad pretrained ids fail here, before anything is written
+    model = build_model(config).to(device).train()
+    cache = build_cache(config, device, progress=config.run.progress)   # decoded once; later runs reuse it
+    loader = build_loader(cache, config, device)
     seed_everything(config.run.seed)
-    run = RunDir.create(config)
     try:
-        vae = prepare_vae(config, run, device)
-        clips = prepare_clips(config, vae, dtype if device.type == "cuda" else torch.float32)
-        del vae
-        batches = iterate_batches(clips, config.training.batch_size, config.run.seed)
-    except FoveaError:
-        run.discard()   # a run that never started leaves nothing behind, and `latest` stays where it was
-        raise
-    run.mark_latest()
+        run = RunDir.create(config)
+        run.write_json("data_report.json", cache.report())
+        run.mark_latest()
+        started = time.perf_counter()
+        first, last = optimize(config, model, loader, run, device)
+    finally:
+        shutdown(loader)
+    run.write_json("summary.json", summarize(config, model, len(cache), first, last, time.perf_counter() - started))
+    return run
+
+
+def optimize(config: FoveaConfig, model: torch.nn.Module, loader, run: RunDir, device: torch.device):
+    """The optimisation loop; writes metrics and checkpoints into ``run``; returns the first and last log lines."""
+    from tqdm.auto import tqdm
+
+    t, dtype = config.training, DTYPES[config.precision.dtype]
     optimizer = build_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
     trainable = [p for p in model.parameters() if p.requires_grad]
+    batches = iter(loader)
 
-    t = config.training
     sums = torch.zeros(4, device=device)   # loss, loss_fine, loss_coarse, grad_norm over the log interval
-    interval_steps, interval_start, started = 0, time.perf_counter(), time.perf_counter()
+    interval_steps, data_wait, interval_start, started = 0, 0.0, time.perf_counter(), time.perf_counter()
     first = last = None
     bar = tqdm(total=t.max_steps, desc=f"fovea {config.run.name}", disable=not config.run.progress, unit="step")
     for step in range(1, t.max_steps + 1):
         for _ in range(t.grad_accum):
-            frames, latents = next(batches)
-            frames = frames.to(device, non_blocking=True)
-            latents = latents.to(device, non_blocking=True)
+            waited = time.perf_counter()
+            batch = next(batches)
+            data_wait += time.perf_counter() - waited
+            frames = batch["frames"].to(device, non_blocking=True)        # (B, T, 3, S, S) uint8
+            latents = batch["latents"].to(device, non_blocking=True)      # (B, T, C, h, w)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
                 out = model(frames, latents)
             (out.loss / t.grad_accum).backward()
@@ -128,21 +133,22 @@ def train(config: FoveaConfig) -> RunDir:
                     "ratio": loss_coarse / loss_fine if loss_fine > 0 else None, "grad_norm": gnorm,
                     "lr": scheduler.get_last_lr()[0],
                     "samples_per_s": interval_steps * config.effective_batch_size / elapsed,
+                    "data_wait_share": data_wait / elapsed,
                     "elapsed_s": time.perf_counter() - started}
             first = first or last
             run.append_metrics(last)
             bar.set_postfix(fine=f"{loss_fine:.4f}", coarse=f"{loss_coarse:.4f}")
             sums.zero_()
-            interval_steps, interval_start = 0, time.perf_counter()
+            interval_steps, data_wait, interval_start = 0, 0.0, time.perf_counter()
         if step % t.save_every == 0 or step == t.max_steps:
             save_checkpoint(model, run.checkpoint_file)
+            run.write_json("loader_state.json", {"step": step, "state": loader.state_dict()})
     bar.close()
-
-    run.write_json("summary.json", summarize(config, model, clips, first, last, time.perf_counter() - started))
-    return run
+    return first, last
 
 
-def summarize(config: FoveaConfig, model: torch.nn.Module, clips, first: dict, last: dict, wall: float) -> dict:
+def summarize(config: FoveaConfig, model: torch.nn.Module, num_clips: int, first: dict, last: dict,
+              wall: float) -> dict:
     """What ``summary.json`` holds: outcome, losses first and last, the spec's improvement, sizes."""
     def count(module: torch.nn.Module, trainable: bool | None = None) -> int:
         return sum(p.numel() for p in module.parameters() if trainable is None or p.requires_grad == trainable)
@@ -155,8 +161,8 @@ def summarize(config: FoveaConfig, model: torch.nn.Module, clips, first: dict, l
         "first": first,
         "last": last,
         "improvement": improvement,   # SPEC: (loss_coarse - loss_fine) / loss_coarse
-        "num_clips": len(clips),
-        "epochs": config.training.max_steps * config.effective_batch_size / len(clips),
+        "num_clips": num_clips,
+        "epochs": config.training.max_steps * config.effective_batch_size / num_clips,
         "parameters": {"total": count(model), "trainable": count(model, True),
                        **{name: count(child) for name, child in model.named_children()}},
     }

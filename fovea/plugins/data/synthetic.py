@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fovea.core.data import Clip
 from fovea.core.hookspecs import hookimpl
 
 BACKGROUND = 0.08  # dark grey
@@ -48,8 +49,8 @@ class SyntheticShapes:
     def __len__(self) -> int:
         return self.config.num_clips
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        """Clip ``index`` as uint8 frames (T, 3, S, S)."""
+    def __getitem__(self, index: int) -> Clip:
+        """Clip ``index``: uint8 frames (T, 3, S, S)."""
         if not 0 <= index < len(self):
             raise IndexError(f"clip {index} out of range for {len(self)} clips")
         c, T, S, K = self.config, self.num_frames, self.frame_size, self.config.num_objects
@@ -79,7 +80,8 @@ class SyntheticShapes:
         depth = inside * torch.arange(1, K + 1)[None, :, None, None]                         # (T, K, S, S)
         top = depth.argmax(dim=1)                                                            # (T, S, S)
         frames = torch.where(inside.any(dim=1)[..., None], colour[top], BACKGROUND)         # (T, S, S, 3)
-        return (frames.permute(0, 3, 1, 2) * 255).round().to(torch.uint8)                   # (T, 3, S, S)
+        frames = (frames.permute(0, 3, 1, 2) * 255).round().to(torch.uint8)                 # (T, 3, S, S)
+        return Clip(frames, source=f"synthetic seed={self.seed} clip={index}", frame_indices=list(range(T)))
 
 
 @hookimpl

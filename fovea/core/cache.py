@@ -106,7 +106,7 @@ class ClipCache:
 
 def build_cache(config: FoveaConfig, device: torch.device | str = "cpu", progress: bool = True) -> ClipCache:
     """The cache for ``config``: opened if complete, else written (resuming from complete shards)."""
-    root = cache_path(config)
+    root = cache_path(config).resolve()   # absolute: run directories record it
     if (root / MANIFEST).is_file():
         return ClipCache(root)
     root.mkdir(parents=True, exist_ok=True)

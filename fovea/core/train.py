@@ -1,7 +1,8 @@
 """The training loop: AdamW with warm-up and cosine decay, gradient accumulation and clipping, autocast.
 
-One optimizer step = ``grad_accum`` micro-batches of ``batch_size`` clips. Losses are logged as means
-over each logging interval; the device is synchronised only when a line is logged.
+One optimizer step (``train_step``, shared with ``fovea profile``) = ``grad_accum`` micro-batches of
+``batch_size`` clips. Losses are logged as means over each logging interval; the device is
+synchronised only when a line is logged.
 """
 
 from __future__ import annotations
@@ -10,13 +11,16 @@ import math
 import os
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
 from fovea.core.config import FoveaConfig
 from fovea.core.errors import FoveaError
 from fovea.core.rundir import RunDir
+from fovea.core.timing import PhaseTimer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -93,36 +97,67 @@ def train(config: FoveaConfig) -> RunDir:
     return run
 
 
+@dataclass
+class TrainState:
+    """Everything one optimizer step touches; made once by ``prepare_training``."""
+
+    config: FoveaConfig
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    trainable: list[torch.nn.Parameter]
+    device: torch.device
+    dtype: torch.dtype
+
+
+def prepare_training(config: FoveaConfig, model: torch.nn.Module, device: torch.device) -> TrainState:
+    optimizer = build_optimizer(model, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
+    return TrainState(config, model, optimizer, scheduler, [p for p in model.parameters() if p.requires_grad],
+                      device, DTYPES[config.precision.dtype])
+
+
+def train_step(state: TrainState, batches: Iterator[dict], timer: PhaseTimer) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step over ``grad_accum`` micro-batches, its phases timed by ``timer``.
+
+    Returns (loss, loss_fine, loss_coarse) averaged over the micro-batches, (3,), and the gradient norm
+    before clipping: both on the device, not synchronised.
+    """
+    t = state.config.training
+    losses = torch.zeros(3, device=state.device)
+    for _ in range(t.grad_accum):
+        with timer("data"):
+            batch = next(batches)
+            frames = batch["frames"].to(state.device, non_blocking=True)    # (B, T, 3, S, S) uint8
+            latents = batch["latents"].to(state.device, non_blocking=True)  # (B, T, C, h, w)
+        with timer("forward"), torch.autocast(state.device.type, dtype=state.dtype,
+                                              enabled=state.dtype != torch.float32):
+            out = state.model(frames, latents)
+        with timer("backward"):
+            (out.loss / t.grad_accum).backward()
+        losses += torch.stack([out.loss, out.loss_fine, out.loss_coarse]).detach() / t.grad_accum
+    with timer("optimizer"):
+        grad_norm = torch.nn.utils.clip_grad_norm_(state.trainable, t.grad_clip if t.grad_clip > 0 else math.inf)
+        state.optimizer.step()
+        state.scheduler.step()
+        state.optimizer.zero_grad(set_to_none=True)
+    return losses, grad_norm.detach()
+
+
 def optimize(config: FoveaConfig, model: torch.nn.Module, loader, run: RunDir, device: torch.device):
     """The optimisation loop; writes metrics and checkpoints into ``run``; returns the first and last log lines."""
     from tqdm.auto import tqdm
 
-    t, dtype = config.training, DTYPES[config.precision.dtype]
-    optimizer = build_optimizer(model, config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    batches = iter(loader)
-
+    t = config.training
+    state = prepare_training(config, model, device)
+    batches, timer = iter(loader), PhaseTimer()
     sums = torch.zeros(4, device=device)   # loss, loss_fine, loss_coarse, grad_norm over the log interval
-    interval_steps, data_wait, interval_start, started = 0, 0.0, time.perf_counter(), time.perf_counter()
+    interval_steps, interval_start, started = 0, time.perf_counter(), time.perf_counter()
     first = last = None
     bar = tqdm(total=t.max_steps, desc=f"fovea {config.run.name}", disable=not config.run.progress, unit="step")
     for step in range(1, t.max_steps + 1):
-        for _ in range(t.grad_accum):
-            waited = time.perf_counter()
-            batch = next(batches)
-            data_wait += time.perf_counter() - waited
-            frames = batch["frames"].to(device, non_blocking=True)        # (B, T, 3, S, S) uint8
-            latents = batch["latents"].to(device, non_blocking=True)      # (B, T, C, h, w)
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                out = model(frames, latents)
-            (out.loss / t.grad_accum).backward()
-            sums[:3] += torch.stack([out.loss, out.loss_fine, out.loss_coarse]).detach() / t.grad_accum
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, t.grad_clip if t.grad_clip > 0 else math.inf)
-        sums[3] += grad_norm.detach()
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        losses, grad_norm = train_step(state, batches, timer)
+        sums += torch.cat([losses, grad_norm[None]])
         interval_steps += 1
         bar.update()
 
@@ -131,15 +166,15 @@ def optimize(config: FoveaConfig, model: torch.nn.Module, loader, run: RunDir, d
             elapsed = time.perf_counter() - interval_start
             last = {"step": step, "loss": loss, "loss_fine": loss_fine, "loss_coarse": loss_coarse,
                     "ratio": loss_coarse / loss_fine if loss_fine > 0 else None, "grad_norm": gnorm,
-                    "lr": scheduler.get_last_lr()[0],
+                    "lr": state.scheduler.get_last_lr()[0],
                     "samples_per_s": interval_steps * config.effective_batch_size / elapsed,
-                    "data_wait_share": data_wait / elapsed,
+                    "data_wait_share": timer.pop().get("data", 0.0) / elapsed,
                     "elapsed_s": time.perf_counter() - started}
             first = first or last
             run.append_metrics(last)
             bar.set_postfix(fine=f"{loss_fine:.4f}", coarse=f"{loss_coarse:.4f}")
             sums.zero_()
-            interval_steps, data_wait, interval_start = 0, 0.0, time.perf_counter()
+            interval_steps, interval_start = 0, time.perf_counter()
         if step % t.save_every == 0 or step == t.max_steps:
             save_checkpoint(model, run.checkpoint_file)
             run.write_json("loader_state.json", {"step": step, "state": loader.state_dict()})

@@ -21,20 +21,27 @@ class PhaseTimer:
         self.sync = sync and device is not None and device.type == "cuda"
         self.device = device
         self.totals: dict[str, float] = defaultdict(float)
+        self._started: dict[str, float] = {}
 
     def _wait(self) -> None:
         if self.sync:
             torch.cuda.synchronize(self.device)
 
+    def start(self, name: str) -> None:
+        self._wait()
+        self._started[name] = time.perf_counter()
+
+    def stop(self, name: str) -> None:
+        self._wait()
+        self.totals[name] += time.perf_counter() - self._started.pop(name)
+
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
-        self._wait()
-        start = time.perf_counter()
+        self.start(name)
         try:
             yield
         finally:
-            self._wait()
-            self.totals[name] += time.perf_counter() - start
+            self.stop(name)
 
     def pop(self) -> dict[str, float]:
         """Seconds per phase since the last ``pop``, and reset."""

@@ -1,0 +1,316 @@
+"""``fovea profile``: where the step time and the memory go, measured on the real training step.
+
+K warm-up steps, then N measured steps of ``fovea.core.train.train_step`` (same model, loader,
+optimizer and precision as ``fovea run``), with the device synchronised at every phase boundary so GPU
+time lands in the phase that queued it. The model's parts are timed from outside through the encoder
+contract (``encode``/``attend``) and module hooks (LLM, head), so any plugin is profiled the same way.
+Writes ``profile.json`` and ``profile.md`` into the run directory, where ``fovea audit`` reads them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from typing import Any, Iterator
+
+import torch
+
+from fovea.audit.resources import GB, ResourceSampler, bf16_peak_flops, memory_model
+from fovea.core.config import FoveaConfig
+from fovea.core.rundir import RunDir
+from fovea.core.timing import PhaseTimer
+
+# What one step is made of; they add up to the step time up to the loop's own overhead ("unaccounted").
+PHASES = ("data_wait", "encode", "attend_pass1", "attend_pass2", "llm", "head", "forward_other",
+          "backward", "optimizer")
+DATA_BOUND_SHARE = 0.20   # more of the step than this waiting for data: the loader is the bottleneck
+LOW_GPU_UTIL = 50.0       # percent
+
+
+@contextlib.contextmanager
+def instrument(model: torch.nn.Module, timer: PhaseTimer) -> Iterator[None]:
+    """Time the model's parts inside ``timer("forward")``: encode, the two attends, LLM, head."""
+    encoder, calls = model.encoder, {"attend": 0}
+    encode, attend = encoder.encode, encoder.attend
+
+    def timed_encode(frames):
+        calls["attend"] = 0                      # a new forward: the next attend is pass 1
+        with timer("encode"):
+            return encode(frames)
+
+    def timed_attend(queries, cache, *args, **kwargs):
+        calls["attend"] += 1
+        with timer(f"attend_pass{min(calls['attend'], 2)}"):
+            return attend(queries, cache, *args, **kwargs)
+
+    handles = []
+    for name, module in (("llm", model.llm), ("head", model.head)):
+        handles.append(module.register_forward_pre_hook(lambda mod, args, _n=name: timer.start(_n)))
+        handles.append(module.register_forward_hook(lambda mod, args, out, _n=name: timer.stop(_n)))
+    encoder.encode, encoder.attend = timed_encode, timed_attend
+    try:
+        yield
+    finally:
+        del encoder.encode, encoder.attend       # the instance attributes shadowed the methods
+        for handle in handles:
+            handle.remove()
+
+
+def measure_micro_batch(state, batch: dict[str, torch.Tensor]) -> tuple[float, float]:
+    """FLOPs of one micro-batch's forward and backward (what runs: frozen parts get no weight gradients),
+    and the bytes of the tensors autograd saved for backward: the activations, measured on any device."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor):
+        storage = tensor.untyped_storage()
+        saved[storage.data_ptr()] = storage.nbytes()   # a storage saved twice is held once
+        return tensor
+
+    model = state.model
+    frames, latents = batch["frames"].to(state.device), batch["latents"].to(state.device)
+    with FlopCounterMode(display=False) as counter:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), \
+                torch.autocast(state.device.type, dtype=state.dtype, enabled=state.dtype != torch.float32):
+            out = model(frames, latents)
+        out.loss.backward()
+    model.zero_grad(set_to_none=True)
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    activations = sum(size for ptr, size in saved.items() if ptr not in parameters)   # weights are not activations
+    return float(counter.get_total_flops()), float(activations)
+
+
+def stats(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    p90 = ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
+    return {"median": statistics.median(ordered), "p90": p90, "mean": statistics.mean(ordered)}
+
+
+def profile(config: FoveaConfig, run: RunDir, steps: int, warmup: int) -> dict[str, Any]:
+    """Profile ``steps`` training steps after ``warmup``; write profile.json/.md into ``run``; return the figures."""
+    from fovea.core.cache import build_cache
+    from fovea.core.loader import build_loader, shutdown
+    from fovea.core.model import build_model
+    from fovea.core.train import prepare_training, resolve_device, seed_everything, train_step
+
+    device = resolve_device(config.run.device)
+    seed_everything(config.run.seed)
+    model = build_model(config).to(device).train()
+    cache = build_cache(config, device, progress=config.run.progress)
+    loader = build_loader(cache, config, device)
+    state = prepare_training(config, model, device)
+    timer = PhaseTimer(device, sync=True)
+    batches = iter(loader)
+    per_step: list[dict[str, float]] = []
+    try:
+        with instrument(model, timer):
+            for _ in range(warmup):
+                train_step(state, batches, timer)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
+            timer.pop()
+            sampler = ResourceSampler(device).start()
+            for _ in range(steps):
+                start = time.perf_counter()
+                train_step(state, batches, timer)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                step_s = time.perf_counter() - start
+                phases = timer.pop()
+                phases["data_wait"] = phases.pop("data", 0.0)
+                phases["forward_other"] = phases.pop("forward", 0.0) - sum(
+                    phases.get(p, 0.0) for p in ("encode", "attend_pass1", "attend_pass2", "llm", "head"))
+                per_step.append({"step_s": step_s, **{p: phases.get(p, 0.0) for p in PHASES}})
+            sampler.stop()
+        flops, activations = measure_micro_batch(state, next(batches))
+    finally:
+        shutdown(loader)
+
+    report = summarize(config, model, device, per_step, sampler.summary(), flops * config.training.grad_accum,
+                       activations, steps, warmup)
+    write_profile(run, report)
+    return report
+
+
+def summarize(config: FoveaConfig, model, device: torch.device, per_step: list[dict[str, float]],
+              resources: dict[str, Any], flops_per_step: float, activation_bytes: float, steps: int,
+              warmup: int) -> dict[str, Any]:
+    step = stats([s["step_s"] for s in per_step])
+    phases = {p: stats([s[p] for s in per_step]) for p in PHASES}
+    total = sum(s["step_s"] for s in per_step)
+    share = {p: sum(s[p] for s in per_step) / total for p in PHASES}
+    unaccounted = 1.0 - sum(share.values())
+    clips = config.effective_batch_size
+    memory = {"model": memory_model(config, model), "spec_estimate_gb": [15.0, 18.0],
+              "activations_saved_gb": activation_bytes / GB, "measured": None}
+    gpu_name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    if device.type == "cuda":
+        memory["measured"] = {"peak_allocated_gb": torch.cuda.max_memory_allocated(device) / GB,
+                              "peak_reserved_gb": torch.cuda.max_memory_reserved(device) / GB,
+                              "device_total_gb": torch.cuda.get_device_properties(device).total_memory / GB}
+    peak = bf16_peak_flops(gpu_name) if gpu_name else None
+    achieved = flops_per_step / step["median"]
+    report = {
+        "config": config.run.name, "device": gpu_name or "cpu", "steps": steps, "warmup": warmup,
+        "batch": {"batch_size": config.training.batch_size, "grad_accum": config.training.grad_accum,
+                  "num_frames": config.data.num_frames, "frame_size": config.data.frame_size,
+                  "dtype": config.precision.dtype, "num_workers": config.data.num_workers},
+        "step_s": step,
+        "phases_s": phases,
+        "phase_share": share,
+        "unaccounted_share": unaccounted,
+        "data_wait_share": share["data_wait"],
+        "samples_per_s": clips / step["median"],
+        "frames_per_s": clips * config.data.num_frames / step["median"],
+        "flops": {"per_step": flops_per_step, "per_second": achieved,
+                  "bf16_peak_per_second": peak, "mfu": achieved / peak if peak else None},
+        "memory": memory,
+        "resources": resources,
+        "gpu_util_mean": _gpu_util(resources),
+        "peak_memory_gb": memory["measured"]["peak_allocated_gb"] if memory["measured"] else None,
+        "per_step": per_step,
+    }
+    report["diagnosis"] = diagnose(config, report)
+    return report
+
+
+def _gpu_util(resources: dict[str, Any]) -> float | None:
+    utils = [d["util_percent_mean"] for d in resources["gpu"] or [] if d["util_percent_mean"] is not None]
+    return max(utils) if utils else None
+
+
+def diagnose(config: FoveaConfig, report: dict[str, Any]) -> list[dict[str, str]]:
+    """Findings with what to change, most important first."""
+    findings = []
+    wait = report["data_wait_share"]
+    if wait > DATA_BOUND_SHARE:
+        findings.append({"kind": "data-bound", "severity": "warn", "message": (
+            f"data-bound: {wait:.0%} of step time is spent waiting for data (threshold {DATA_BOUND_SHARE:.0%}). "
+            f"Raise data.num_workers (now {config.data.num_workers}) and data.prefetch (now "
+            f"{config.data.prefetch}); keep the clip cache on a local disk (`fovea precompute` builds it once).")})
+    else:
+        findings.append({"kind": "data", "severity": "ok", "message": (
+            f"not data-bound: {wait:.1%} of step time waiting for data.")})
+
+    util = report["gpu_util_mean"]
+    if util is None:
+        findings.append({"kind": "gpu", "severity": "info", "message": (
+            "no GPU: utilisation, peak GPU memory and MFU are not measured on this machine.")})
+    elif util < LOW_GPU_UTIL and wait <= DATA_BOUND_SHARE:
+        findings.append({"kind": "cpu-bound", "severity": "warn", "message": (
+            f"GPU {util:.0f}% busy while data arrives in time: the step is bound by Python and kernel-launch "
+            f"overhead. Raise training.batch_size (with fewer grad_accum steps for the same effective batch).")})
+
+    measured, model = report["memory"]["measured"], report["memory"]["model"]
+    if measured:
+        free = measured["device_total_gb"] - measured["peak_reserved_gb"]
+        extra = int(0.9 * free / model["activations_per_clip_gb"]) if model["activations_per_clip_gb"] else 0
+        findings.append({"kind": "memory", "severity": "info" if extra < 1 else "warn", "message": (
+            f"peak {measured['peak_allocated_gb']:.1f} GB allocated ({measured['peak_reserved_gb']:.1f} GB reserved) "
+            f"of {measured['device_total_gb']:.0f} GB; the memory model predicts {model['total_gb']:.1f} GB. "
+            + (f"About {extra} more clips per micro-batch fit (training.batch_size up to "
+               f"{config.training.batch_size + extra})." if extra >= 1 else "No room for a larger batch."))})
+    else:
+        findings.append({"kind": "memory", "severity": "info", "message": (
+            f"memory model: {model['total_gb']:.2f} GB for training at batch {config.training.batch_size} "
+            f"(weights {model['parameters_gb']:.2f}, gradients {model['gradients_gb']:.2f}, AdamW "
+            f"{model['optimizer_gb']:.2f}, activations {model['activations_gb']:.2f}); no GPU to compare with.")})
+
+    if report["unaccounted_share"] > 0.10:
+        findings.append({"kind": "overhead", "severity": "warn", "message": (
+            f"{report['unaccounted_share']:.0%} of step time is outside the timed phases: loop overhead.")})
+    return findings
+
+
+def profile_target(config_path, overrides=()) -> tuple[FoveaConfig, RunDir]:
+    """The config to profile and the run directory to write into.
+
+    With a config: a new run directory of its own (``runs/latest`` keeps naming the last training run).
+    Without: the config of ``runs/latest``, and the profile goes into that run, beside its metrics.
+    """
+    from pathlib import Path
+
+    from fovea.core.config import load_config
+    from fovea.core.errors import FoveaError
+
+    if config_path is None:
+        latest = Path("runs/latest")
+        if not latest.exists():
+            raise FoveaError("no CONFIG given and no runs/latest to take one from: pass a config, e.g. "
+                             "`fovea profile configs/quickstart.toml --steps 20`")
+        run = RunDir.open(latest)
+        return load_config(run.config_file, overrides), run
+    config = load_config(config_path, overrides)
+    config.run.name = f"{config.run.name}-profile"
+    return config, RunDir.create(config)
+
+
+def render_table(report: dict[str, Any]) -> None:
+    """The compact terminal view: phases with median, p90 and share, then the headline figures."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"fovea profile: {report['config']} on {report['device']}")
+    for column in ("phase", "median ms", "p90 ms", "mean ms", "share of time"):
+        table.add_column(column, justify="left" if column == "phase" else "right")
+    for phase in PHASES:
+        s = report["phases_s"][phase]
+        table.add_row(phase, *(f"{1000 * s[k]:.1f}" for k in ("median", "p90", "mean")),
+                      f"{report['phase_share'][phase]:.1%}")
+    step = report["step_s"]
+    table.add_row("step", *(f"{1000 * step[k]:.1f}" for k in ("median", "p90", "mean")),
+                  f"unaccounted {report['unaccounted_share']:.1%}", style="bold")
+    console = Console()
+    console.print(table)
+    mfu, util = report["flops"]["mfu"], report["gpu_util_mean"]
+    mfu_text = "n/a" if mfu is None else f"{mfu:.1%}"
+    util_text = "no GPU" if util is None else f"{util:.0f}%"
+    console.print(f"samples/s {report['samples_per_s']:.1f}  frames/s {report['frames_per_s']:.1f}  "
+                  f"data wait {report['data_wait_share']:.1%}  MFU {mfu_text}  GPU util {util_text}")
+    for finding in report["diagnosis"]:
+        console.print(f"[{finding['severity']}] {finding['message']}", markup=False)
+
+
+def write_profile(run: RunDir, report: dict[str, Any]) -> None:
+    run.write_json("profile.json", report)
+    tmp = run.path / ".profile.md.tmp"
+    tmp.write_text(render_markdown(report), encoding="utf-8")
+    tmp.replace(run.path / "profile.md")
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    lines = [f"# Profile: {report['config']}", "",
+             f"{report['steps']} measured steps after {report['warmup']} warm-up on **{report['device']}**; "
+             f"batch {report['batch']['batch_size']} x accumulation {report['batch']['grad_accum']}, "
+             f"{report['batch']['num_frames']} frames at {report['batch']['frame_size']} px, {report['batch']['dtype']}.",
+             "", "| phase | median (ms) | p90 (ms) | mean (ms) | share of time |", "|---|---:|---:|---:|---:|"]
+    for phase in PHASES:
+        s = report["phases_s"][phase]
+        lines.append(f"| {phase} | {1000 * s['median']:.1f} | {1000 * s['p90']:.1f} | {1000 * s['mean']:.1f} | "
+                     f"{report['phase_share'][phase]:.1%} |")
+    s = report["step_s"]
+    lines += [f"| **step** | **{1000 * s['median']:.1f}** | **{1000 * s['p90']:.1f}** | **{1000 * s['mean']:.1f}** | "
+              f"unaccounted {report['unaccounted_share']:.1%} |", "",
+              f"- samples/s: {report['samples_per_s']:.1f}; frames/s: {report['frames_per_s']:.1f}",
+              f"- data-wait share: {report['data_wait_share']:.1%}",
+              f"- FLOPs per step: {report['flops']['per_step'] / 1e12:.3f} TFLOP; achieved "
+              f"{report['flops']['per_second'] / 1e12:.2f} TFLOP/s; MFU: "
+              + (f"{report['flops']['mfu']:.1%}" if report["flops"]["mfu"] is not None else "n/a (no GPU peak known)")]
+    gpu = report["resources"]["gpu"]
+    lines.append("- GPU: " + ("no GPU" if not gpu else "; ".join(
+        f"{d['name']}: {d['util_percent_mean']}% mean util, {d['memory_used_max_gb']:.1f} GB used max"
+        for d in gpu)))
+    cores = report["resources"]["cpu_percent_per_core"]
+    lines.append(f"- CPU per core (mean %): {', '.join(f'{c:.0f}' for c in cores) or 'not sampled'}")
+    model, measured = report["memory"]["model"], report["memory"]["measured"]
+    lines += ["", "## Memory", "", "| part | GB |", "|---|---:|"]
+    lines += [f"| {k.removesuffix('_gb')} | {v:.3f} |" for k, v in model.items() if k != "activations_per_clip_gb"]
+    lines.append(f"| activations saved for backward (measured, one micro-batch) | "
+                 f"{report['memory']['activations_saved_gb']:.3f} |")
+    lines.append("| measured peak allocated | " + (f"{measured['peak_allocated_gb']:.3f} |" if measured else "no GPU |"))
+    lines.append(f"| spec estimate | {report['memory']['spec_estimate_gb'][0]:.0f}-{report['memory']['spec_estimate_gb'][1]:.0f} |")
+    lines += ["", "## Diagnosis", ""] + [f"- **{f['kind']}** ({f['severity']}): {f['message']}" for f in report["diagnosis"]]
+    return "\n".join(lines) + "\n"

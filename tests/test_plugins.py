@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -102,10 +103,10 @@ def test_broken_entry_point_plugin_is_one_clear_error(monkeypatch):
 @pytest.fixture(scope="module")
 def installed_example_plugin(tmp_path_factory):
     """pip-install tests/assets/fovea-example-plugin into a private directory; yield that directory."""
-    target = tmp_path_factory.mktemp("site")
+    target, source = tmp_path_factory.mktemp("site"), tmp_path_factory.mktemp("plugin") / "src"
+    shutil.copytree(ROOT / "tests" / "assets" / "fovea-example-plugin", source)   # builds leave files beside it
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--no-index", "--target", str(target), str(ROOT / "tests" / "assets" / "fovea-example-plugin")],
-                   check=True, capture_output=True)
+                    "--no-index", "--target", str(target), str(source)], check=True, capture_output=True)
     return target
 
 

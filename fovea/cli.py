@@ -1,6 +1,8 @@
 """The ``fovea`` command line: thin typer commands that parse, load the config and call the library.
 
-User mistakes (``FoveaError``) print one ``error:`` line and exit with code 2, without a traceback.
+User mistakes (``FoveaError``) and environment failures (``OSError``: a full disk, a path that cannot be
+written) print one ``error:`` line and exit with code 2, without a traceback. ``fovea run`` stopped by
+SIGINT/SIGTERM saves a checkpoint and exits with 128 + the signal number (130, 143).
 """
 
 from __future__ import annotations
@@ -40,21 +42,47 @@ def user_errors(command: Callable) -> Callable:
         except FoveaError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(code=2) from None
+        except OSError as exc:
+            where = f" ({exc.filename})" if exc.filename else ""
+            typer.echo(f"error: {exc.strerror or exc}{where}; check the disk and the paths in the config", err=True)
+            raise typer.Exit(code=2) from None
     return wrapper
 
 
 @app.command("run")
 @user_errors
-def run_command(config: Path = ConfigArgument, overrides: List[str] = SetOption) -> None:
-    """Train the model a config describes; writes runs/<timestamp>-<name>/ and points runs/latest at it."""
-    from fovea.core.config import load_config
-    from fovea.core.train import train
+def run_command(
+    config: Optional[Path] = typer.Argument(None, help="A TOML config, e.g. configs/quickstart.toml (with "
+                                            "--resume: optional, the run's own config.toml is used).",
+                                            show_default=False),
+    overrides: List[str] = SetOption,
+    resume: Optional[str] = typer.Option(None, "--resume", metavar="RUN_DIR|latest",
+                                         help="Continue this run from its newest checkpoint, in its directory."),
+    force: bool = typer.Option(False, "--force", help="With --resume: accept a changed batch size, grad_accum or "
+                               "world size, or a lost metrics.jsonl."),
+) -> None:
+    """Train the model a config describes; writes runs/<timestamp>-<name>/ and points runs/latest at it.
 
-    cfg = load_config(config, overrides)
-    run = train(cfg)
+    Stopped by Ctrl-C or SIGTERM, it finishes the step, saves a checkpoint and exits with 130/143.
+    """
+    from fovea.core.config import load_config
+    from fovea.core.train import RunInterrupted, find_run_to_resume, train
+
+    if resume is None and config is None:
+        raise FoveaError("give a CONFIG to start a run, or --resume RUN_DIR|latest to continue one")
+    if resume is None and force:
+        raise FoveaError("--force only applies with --resume")
+    cfg, run_dir = find_run_to_resume(resume, config, overrides) if resume else (load_config(config, overrides), None)
+    try:
+        run = train(cfg, resume=run_dir, force=force)
+    except RunInterrupted as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(code=128 + exc.signal_number) from None
     last = run.read_metrics()[-1]
-    typer.echo(f"run: {run.path}\nstep {last['step']}: loss_fine {last['loss_fine']:.4f}  "
-               f"loss_coarse {last['loss_coarse']:.4f}  ratio {last['ratio']:.3f}")
+    losses = (f"loss_fine {last['loss_fine']:.4f}  loss_coarse {last['loss_coarse']:.4f}"
+              if last["loss_fine"] is not None else "every step of the last interval was skipped (NaN/inf)")
+    typer.echo(f"run: {run.path}\nstep {last['step']}: {losses}" +
+               (f"  ratio {last['ratio']:.3f}" if last.get("ratio") is not None else ""))
 
 
 @app.command("precompute")
@@ -70,6 +98,24 @@ def precompute_command(config: Path = ConfigArgument, overrides: List[str] = Set
     typer.echo(f"cache: {report['cache']}\nclips: {report['num_clips']}  skipped: {report['num_skipped']}")
     for item in report["skipped"]:
         typer.echo(f"  skipped {item['source'] or item['index']}: {item['reason']}")
+
+
+@app.command("profile")
+@user_errors
+def profile_command(
+    config: Optional[Path] = typer.Argument(None, help="A TOML config; default: the config of runs/latest.",
+                                            show_default=False),
+    steps: int = typer.Option(20, "--steps", min=1, help="Measured training steps."),
+    warmup: int = typer.Option(3, "--warmup", min=0, help="Steps run first and not measured."),
+    overrides: List[str] = SetOption,
+) -> None:
+    """Measure where step time and memory go; writes profile.json and profile.md into the run directory."""
+    from fovea.audit.profile import profile, profile_target, render_table
+
+    cfg, run = profile_target(config, overrides)
+    report = profile(cfg, run, steps=steps, warmup=warmup)
+    render_table(report)
+    typer.echo(f"wrote {run.path / 'profile.json'} and profile.md")
 
 
 @config_app.command("show")
@@ -105,6 +151,25 @@ def plugins_command(as_json: bool = typer.Option(False, "--json", help="Print JS
     typer.echo("  ".join(key.upper().ljust(w) for key, w in widths.items()) + "  DESCRIPTION")
     for p in parts:
         typer.echo("  ".join(p[key].ljust(w) for key, w in widths.items()) + f"  {p['description']}")
+
+
+@app.command("audit")
+@user_errors
+def audit_command(
+    run_dir: Path = typer.Argument(..., help="A run directory, e.g. runs/latest.", show_default=False),
+    spec: Optional[Path] = typer.Option(
+        None, "--spec", help="The spec TOML to check against (default: run.spec in the run's config, else "
+                             "configs/spec/foveated_vlm.toml)."),
+    strict: bool = typer.Option(False, "--strict", help="Exit with code 1 when any check fails (❌)."),
+) -> None:
+    """Check a run against the spec from measurements and probes; writes audit.md and audit.json into it."""
+    from fovea.audit import audit_run, print_table, write_report
+
+    evidence, checks = audit_run(run_dir, spec)
+    write_report(evidence, checks)
+    print_table(evidence, checks)
+    if strict and any(check.status == "fail" for check in checks):
+        raise typer.Exit(code=1)
 
 
 def main() -> None:

@@ -142,6 +142,23 @@ def test_loader_streams_batches_and_resumes_from_the_same_sample(tmp_path):
     shutdown(resumed)
 
 
+def test_bad_video_inputs_are_one_clear_error(tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "zero.mp4").write_bytes(b"")
+    (videos / "text.mkv").write_text("not a video")
+    args = ["run", str(videos_toml(tmp_path))]
+    for case, path, message in [
+        ("only unreadable files", videos, "no clip of the 'videos' source could be read"),
+        ("a file, not a directory", videos / "zero.mp4", "is a file; point it at the directory"),
+    ]:
+        overrides = video_overrides(tmp_path, videos, **{"data.path": f'"{path}"'})
+        result = runner.invoke(app, args + [item for o in overrides for item in ("--set", o)])
+        assert result.exit_code == 2 and message in result.output, case
+        assert result.output.count("\n") == 1 and "Traceback" not in result.output, case
+    assert not (tmp_path / "runs").exists()
+
+
 def test_precompute_command(tmp_path, video_dir):
     args = ["precompute", str(videos_toml(tmp_path))]
     for o in video_overrides(tmp_path, video_dir):
@@ -150,8 +167,10 @@ def test_precompute_command(tmp_path, video_dir):
     assert result.exit_code == 0, result.output
     assert "clips: 4  skipped: 3" in result.output and "zero.mp4: empty file" in result.output
 
+    caches = sorted((tmp_path / "cache").iterdir())
     missing = runner.invoke(app, args + ["--set", f'data.path="{tmp_path / "nowhere"}"'])
     assert missing.exit_code == 2 and "no video directory at data.path" in missing.output
+    assert sorted((tmp_path / "cache").iterdir()) == caches      # nothing written for a source that is not there
 
 
 def test_training_on_videos_writes_the_data_report(tmp_path, video_dir):

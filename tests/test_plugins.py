@@ -16,6 +16,7 @@ from torch import nn
 import fovea
 from fovea.core import plugins
 from fovea.core.errors import PluginError
+from fovea.core.rundir import RunDir
 from tests.helpers import QUICKSTART, ROOT, tiny_overrides
 
 
@@ -89,15 +90,49 @@ def fake_entry_points(*points):
     return entry_points
 
 
-def test_broken_entry_point_plugin_is_one_clear_error(monkeypatch):
+def test_broken_entry_point_plugin_is_reported_and_skipped(monkeypatch, capsys):
     broken = importlib.metadata.EntryPoint(name="broken", value="fovea_no_such_module_xyz", group="fovea")
     monkeypatch.setattr(plugins.importlib.metadata, "entry_points", fake_entry_points(broken))
-    with pytest.raises(PluginError, match="plugin 'broken' .* failed to import: ModuleNotFoundError.*FOVEA_LOAD_PLUGINS"):
-        plugins.get_parts("encoder")
-    # the environment variable leaves it out
-    plugins.reset_plugins()
-    monkeypatch.setenv("FOVEA_LOAD_PLUGINS", "")
-    assert "posthoc" in plugins.get_parts("encoder")
+    monkeypatch.delenv("FOVEA_PLUGINS", raising=False)
+    monkeypatch.delenv("FOVEA_LOAD_PLUGINS", raising=False)
+    assert "posthoc" in plugins.get_parts("encoder")                     # the rest of fovea works
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("warning: plugin 'broken' (broken) failed to import and is skipped")
+    assert "ModuleNotFoundError" in err and "FOVEA_PLUGINS=<names to load>" in err
+    assert set(plugins.failed_plugins()) == {"broken"}
+
+    # FOVEA_PLUGINS (or its older name FOVEA_LOAD_PLUGINS) leaves it out: nothing to report
+    for variable in ("FOVEA_PLUGINS", "FOVEA_LOAD_PLUGINS"):
+        plugins.reset_plugins()
+        monkeypatch.setenv(variable, "")
+        assert "posthoc" in plugins.get_parts("encoder")
+        assert capsys.readouterr().err == "" and plugins.failed_plugins() == {}
+        monkeypatch.delenv(variable)
+
+
+def test_cli_works_with_a_broken_plugin_installed(monkeypatch):
+    from typer.testing import CliRunner
+
+    from fovea.cli import app
+
+    broken = importlib.metadata.EntryPoint(name="broken", value="fovea_no_such_module_xyz", group="fovea")
+    monkeypatch.setattr(plugins.importlib.metadata, "entry_points", fake_entry_points(broken))
+    monkeypatch.delenv("FOVEA_PLUGINS", raising=False)
+    monkeypatch.delenv("FOVEA_LOAD_PLUGINS", raising=False)
+    result = CliRunner().invoke(app, ["config", "validate", str(QUICKSTART)])
+    assert result.exit_code == 0 and "ok" in result.output
+    assert "warning: plugin 'broken'" in result.output and "Traceback" not in result.output
+
+
+def test_plugin_whose_hook_fails_is_reported_and_skipped(capsys):
+    class Failing:
+        @fovea.hookimpl
+        def fovea_register_heads(self, register):
+            raise RuntimeError("boom")
+
+    plugins.register_plugin(Failing(), name="failing")
+    assert "film" in plugins.get_parts("head")
+    assert "warning: plugin 'failing' failed in fovea_register_heads: RuntimeError: boom" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +163,7 @@ def test_entry_point_plugin_is_discovered_and_usable_by_name(installed_example_p
     args = ["run", str(config)] + [item for o in overrides for item in ("--set", o)]
     trained = run_fovea(args, installed_example_plugin)
     assert trained.returncode == 0, trained.stderr
-    assert (tmp_path / "runs" / "latest" / "model.safetensors").is_file()
+    assert RunDir.open(tmp_path / "runs" / "latest").checkpoint_file.is_file()
 
-    hidden = run_fovea(["plugins", "--json"], installed_example_plugin, FOVEA_LOAD_PLUGINS="")
+    hidden = run_fovea(["plugins", "--json"], installed_example_plugin, FOVEA_PLUGINS="")
     assert "additive" not in {p["name"] for p in json.loads(hidden.stdout)}

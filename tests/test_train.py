@@ -9,6 +9,7 @@ import torch
 
 import fovea
 from fovea.core.errors import FoveaError
+from fovea.core.rundir import RunDir
 from fovea.core.train import lr_factor, train
 from tests.helpers import QUICKSTART, ROOT, tiny_overrides
 
@@ -21,9 +22,12 @@ def test_run_directory_holds_everything(tmp_path):
     run = train(config)
     latest = tmp_path / "runs" / "latest"
     assert latest.is_symlink() and not latest.readlink().is_absolute() and latest.resolve() == run.path
-    for name in ("config.toml", "env.json", "metrics.jsonl", "model.safetensors", "summary.json",
-                 "data_report.json", "loader_state.json"):
+    for name in ("config.toml", "env.json", "metrics.jsonl", "summary.json", "data_report.json"):
         assert (run.path / name).exists(), name
+    assert [p.name for p in run.checkpoints()] == ["step-000004"]
+    assert run.checkpoint_file == run.path / "checkpoints" / "step-000004" / "model.safetensors"
+    assert {p.name for p in run.latest_checkpoint.iterdir()} == {
+        "model.safetensors", "training_state.pt", "loader_state.json", "checkpoint.json"}
 
     assert fovea.load_config(run.config_file).model_dump() == config.model_dump()
     metrics = run.read_metrics()
@@ -78,6 +82,89 @@ def test_schedule_warms_up_then_decays():
     assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
 
 
+def test_nonfinite_loss_or_gradient_is_caught_before_the_weights_change(tiny_config, tiny_batch):
+    from fovea.core.timing import PhaseTimer
+    from fovea.core.train import NonFiniteStep, prepare_training, train_step
+
+    model = fovea.build_model(tiny_config).train()
+    state = prepare_training(tiny_config, model, torch.device("cpu"))
+    frames, latents = tiny_batch
+    good = {"frames": frames, "latents": latents, "index": torch.tensor([5, 6])}
+    train_step(state, iter([good]), PhaseTimer())                   # a real step first: the optimizer has state
+
+    def snapshot():
+        optimizer = state.optimizer.state_dict()["state"]
+        return ({name: value.clone() for name, value in model.state_dict().items()},
+                {(i, key): value.clone() for i, s in optimizer.items() for key, value in s.items()},
+                state.scheduler.last_epoch)
+
+    def unchanged(before):
+        after = snapshot()
+        return all(torch.equal(before[0][k], after[0][k]) for k in before[0]) and \
+            all(torch.equal(before[1][k], after[1][k]) for k in before[1]) and before[2] == after[2]
+
+    before = snapshot()
+    poisoned = latents.clone()
+    poisoned[1, 3, 0, 0, 0] = float("nan")                          # one value of one target of clip 6
+    with pytest.raises(NonFiniteStep) as caught:
+        train_step(state, iter([{**good, "latents": poisoned}]), PhaseTimer())
+    assert caught.value.which == ["loss", "loss_fine", "loss_coarse"] and caught.value.clips == [[5, 6]]
+    assert unchanged(before) and all(p.grad is None for p in model.parameters())
+
+    hook = model.q_static.register_hook(lambda grad: grad * float("inf"))   # finite loss, infinite gradient
+    with pytest.raises(NonFiniteStep) as caught:
+        train_step(state, iter([good]), PhaseTimer())
+    hook.remove()
+    assert caught.value.which == ["gradient"] and "q_static" in caught.value.parameters
+    assert unchanged(before)
+    train_step(state, iter([good]), PhaseTimer())                   # and training goes on
+    assert not unchanged(before)
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_nonfinite_step_stops_the_run_with_a_diagnosis_or_is_skipped(tmp_path, monkeypatch, policy):
+    from safetensors.torch import load_file
+
+    from fovea.core.cache import ClipCache
+    from fovea.core.checkpoint import read_checkpoint
+
+    # seed 0, 8 clips, batches of 2: step 3 reads clips 4 and 5 of epoch 0's permutation
+    poisoned = torch.randperm(8, generator=torch.Generator().manual_seed(0))[4].item()
+    read = ClipCache.read
+
+    def read_with_nan(self, indices):
+        batch = read(self, indices)
+        batch["latents"][batch["index"] == poisoned] = float("nan")
+        return batch
+
+    monkeypatch.setattr(ClipCache, "read", read_with_nan)
+    config = fovea.load_config(QUICKSTART, tiny_overrides(tmp_path, **{
+        "run.log_every": "1", "training.save_every": "1", "training.on_nonfinite": f'"{policy}"'}))
+    if policy == "stop":
+        with pytest.raises(FoveaError, match="step 3: non-finite loss.*the last checkpoint, step-000002, is intact"):
+            train(config)
+    else:
+        train(config)
+    run = RunDir.open(tmp_path / "runs" / "latest")
+    (diagnosis,) = [json.loads(line) for line in (run.path / "nonfinite.jsonl").read_text().splitlines()]
+    assert diagnosis["step"] == 3 and diagnosis["action"] == ("stopped" if policy == "stop" else "skipped")
+    assert diagnosis["micro_batches"][0]["losses"]["loss_fine"] == "nan"
+    assert {"index": poisoned, "source": f"synthetic seed=0 clip={poisoned}",
+            "frame_indices": list(range(8))} in diagnosis["micro_batches"][0]["clips"]
+    assert diagnosis["last_checkpoint"] == "step-000002"
+    steps = [m["step"] for m in run.read_metrics()]
+    if policy == "stop":
+        assert steps == [1, 2] and not run.summary_file.exists()
+        assert [p.name for p in run.checkpoints()] == ["step-000001", "step-000002"]
+        assert read_checkpoint(run.latest_checkpoint).step == 2
+    else:
+        metrics = run.read_metrics()
+        assert steps == [1, 2, 3, 4] and metrics[2]["skipped_steps"] == 1 and metrics[2]["loss"] is None
+        assert json.loads(run.summary_file.read_text())["skipped_steps"] == 1
+        at_2, at_3 = (load_file(run.checkpoints_dir / f"step-00000{s}" / "model.safetensors") for s in (2, 3))
+        assert all(torch.equal(at_2[k], at_3[k]) for k in at_2)    # the skipped step changed no weight
+
+
 def golden_run(tmp_path):
     run = train(fovea.load_config(QUICKSTART, tiny_overrides(tmp_path, **GOLDEN_OVERRIDES)))
     return [{k: m[k] for k in ("step", "loss_fine", "loss_coarse")} for m in run.read_metrics()]
@@ -98,9 +185,9 @@ def test_short_loss_curve_matches_the_golden_one(tmp_path):
 def test_quickstart_loss_falls_for_both_passes(tmp_path):
     config = fovea.load_config(QUICKSTART, [f'run.output_dir="{tmp_path}"', "run.progress=false"])
     metrics = train(config).read_metrics()
-    early, late = metrics[:3], metrics[-3:]
+    first, late = metrics[0], metrics[-3:]
     for key in ("loss_fine", "loss_coarse"):
-        assert max(m[key] for m in late) < 0.5 * min(m[key] for m in early)
+        assert max(m[key] for m in late) < 0.5 * first[key]
 
 
 if __name__ == "__main__":

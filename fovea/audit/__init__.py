@@ -1,1 +1,34 @@
-"""Checking runs against the spec: probes of the model's wiring (``probes``); the report comes with ``fovea audit``."""
+"""Checking runs against the spec: ``fovea audit RUN_DIR``.
+
+``spec`` (the machine-readable spec and its schema), ``probes`` (measurements of a model's wiring and
+query mechanism), ``checks`` (one function per area of SPEC.md, each returning ``Check`` records),
+``run`` (read a run directory, rebuild its model, ``audit_run``), ``report`` (audit.md, audit.json,
+the terminal table). ``profile`` and ``resources`` are ``fovea profile``, whose ``profile.json`` the
+audit reads. Heavy imports stay inside the functions, so importing this package is cheap.
+"""
+
+from __future__ import annotations
+
+
+def audit_run(run_dir, spec_path=None, groups=None):
+    """Audit a run directory: ``(evidence, checks)``; see ``fovea.audit.run.audit_run``."""
+    from fovea.audit.run import audit_run as _audit_run
+
+    return _audit_run(run_dir, spec_path, groups)
+
+
+def write_report(evidence, checks) -> None:
+    """Write ``audit.md`` and ``audit.json`` into the run directory (atomically)."""
+    from fovea.audit.report import write_report as _write_report
+
+    _write_report(evidence, checks)
+
+
+def print_table(evidence, checks, console=None) -> None:
+    """Print one row per check on the terminal."""
+    from fovea.audit.report import print_table as _print_table
+
+    _print_table(evidence, checks, console)
+
+
+__all__ = ["audit_run", "print_table", "write_report"]

@@ -2,12 +2,19 @@
 
 Each probe runs the real model on a real batch in eval mode and returns numbers; callers (tests,
 ``fovea audit``) decide what is good enough. SPEC.md "Two-pass training" and "Failure modes".
+
+Wiring: ``target_leak``, ``query_wiring``, ``pass1_perturbation``, ``encode_calls``. Query mechanism
+(any encoder that keeps the contract ``encode``/``attend``/``dim``): ``query_sensitivity``,
+``attention_stats``, ``patch_invariance``. Head: ``head_probe``. Training: ``gradient_reach``.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+import copy
+import math
+import sys
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -33,7 +40,12 @@ def target_leak(model, frames: torch.Tensor, latents: torch.Tensor) -> dict[str,
     report = {}
     for name in ("pred_coarse", "pred_fine"):
         diff = (getattr(probed, name).view(T, B, T, -1) - getattr(base, name)[None].view(1, B, T, -1)).abs()
-        report[name] = diff.amax(dim=(1, 3))[must_hold].max().item()            # over copies and frames <= t
+        per_copy_frame = diff.amax(dim=(1, 3))                                   # (T copies, T frames)
+        report[name] = per_copy_frame[must_hold].max().item()                    # over copies and frames <= t
+        # The scale a leak is judged against: how much the predictions that may see the change
+        # (frames > t in copy t) do move. Mean over those (copy, frame) pairs; 0 if T = 1.
+        may_move = per_copy_frame[~must_hold]
+        report[f"{name}_response"] = may_move.mean().item() if may_move.numel() else 0.0
     return report
 
 
@@ -78,3 +90,246 @@ def query_wiring(model, frames: torch.Tensor, latents: torch.Tensor) -> dict[str
     return {"attend_calls": 2.0,
             "pass1_static": (pass1 - model.q_static).abs().max().item(),
             "pass2_shift": (pass2 - expected).abs().max().item()}
+
+
+@contextlib.contextmanager
+def _replaced(obj, name: str, replacement) -> Iterator[None]:
+    """Set ``obj.name`` on the instance for the block, then restore what was there."""
+    had, old = name in vars(obj), vars(obj).get(name)
+    setattr(obj, name, replacement)
+    try:
+        yield
+    finally:
+        if had:
+            setattr(obj, name, old)
+        else:
+            delattr(obj, name)
+
+
+@contextlib.contextmanager
+def record_attend_outputs(model) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Record ``(queries, features)`` of every ``model.encoder.attend`` call (pass 1 first, then pass 2)."""
+    calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+    original = model.encoder.attend
+
+    def recording(queries, cache, *args, **kwargs):
+        out = original(queries, cache, *args, **kwargs)
+        features = out[0] if isinstance(out, tuple) else out
+        calls.append((queries.detach().clone(), features.detach().clone()))
+        return out
+
+    with _replaced(model.encoder, "attend", recording):
+        yield calls
+
+
+@torch.no_grad()
+def encode_calls(model, frames: torch.Tensor, latents: torch.Tensor) -> list[int]:
+    """Frames per ``model.encoder.encode`` call in one forward (SPEC: one call reading all B*T frames)."""
+    sizes: list[int] = []
+    original = model.encoder.encode
+
+    def counting(pixels, *args, **kwargs):
+        sizes.append(len(pixels))
+        return original(pixels, *args, **kwargs)
+
+    with _replaced(model.encoder, "encode", counting):
+        model(frames, latents)
+    return sizes
+
+
+@torch.no_grad()
+def pass1_perturbation(model, frames: torch.Tensor, latents: torch.Tensor, t: int | None = None) -> dict[str, Any]:
+    """Which pass-2 reads change when the pass-1 read of frame ``t`` (0-based) is nudged.
+
+    SPEC: pass 2 reads frame s with the query produced after frame s-1, so the queries of frames <= t
+    must not move, and those of every frame > t must. The pass-1 features of frame t get one standard
+    deviation of all pass-1 features added. Returns ``change`` (max |Δ| of the pass-2 queries per frame,
+    a list of T), ``scale`` (max |pass-2 query|), ``t`` and ``attend_calls``.
+    """
+    B, T = frames.shape[:2]
+    t = max(0, T // 2 - 1) if t is None else t
+    with record_attend_calls(model) as base:
+        model(frames, latents)
+    calls: list[torch.Tensor] = []
+    original = model.encoder.attend
+
+    def perturbed(queries, cache, *args, **kwargs):
+        out = original(queries, cache, *args, **kwargs)
+        calls.append(queries.detach().clone())
+        if len(calls) == 1:                                                      # pass 1
+            features, rest = (out[0], out[1:]) if isinstance(out, tuple) else (out, None)
+            nudged = features.view(B, T, -1).clone()
+            nudged[:, t] += features.float().std().clamp_min(1e-3).to(features.dtype)
+            out = nudged.flatten(0, 1) if rest is None else (nudged.flatten(0, 1), *rest)
+        return out
+
+    with _replaced(model.encoder, "attend", perturbed):
+        model(frames, latents)
+    if len(base) != 2 or len(calls) != 2:
+        return {"attend_calls": len(calls), "t": t, "change": None, "scale": None}
+    change = (calls[1] - base[1]).view(B, T, -1).abs().amax(dim=(0, 2))         # (T,) per frame
+    return {"attend_calls": 2, "t": t, "change": change.tolist(), "scale": base[1].abs().max().item()}
+
+
+def _row_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of matching rows of a, b (N, D) -> (N,); identical rows give 1."""
+    a = a.float() - a.float().mean(dim=-1, keepdim=True)
+    b = b.float() - b.float().mean(dim=-1, keepdim=True)
+    denominator = a.norm(dim=-1) * b.norm(dim=-1)
+    same = (a - b).abs().amax(dim=-1) == 0
+    return torch.where(same, torch.ones_like(denominator), (a * b).sum(-1) / denominator.clamp_min(1e-12))
+
+
+@torch.no_grad()
+def query_sensitivity(encoder, cache, queries_a: torch.Tensor, queries_b: torch.Tensor) -> dict[str, float]:
+    """How much the encoder's output depends on the query (SPEC failure mode: correlation ≈ 1).
+
+    Reads the same frames (one cached ``encode``) with two query sets (N, D). ``correlation_*``: Pearson
+    correlation of the two outputs per frame, over feature dimensions. ``query_vs_frame``: mean change
+    of the output from switching the query, over the mean change from switching the frame (same query).
+    """
+    a, b = encoder.attend(queries_a, cache), encoder.attend(queries_b, cache)    # (N, D) each
+    corr = _row_correlation(a, b)                                                # (N,)
+    switch_query = (a - b).float().norm(dim=-1).mean()
+    switch_frame = (a - a.roll(1, dims=0)).float().norm(dim=-1).mean() if len(a) > 1 else torch.tensor(0.0)
+    return {"correlation_mean": corr.mean().item(), "correlation_min": corr.min().item(),
+            "correlation_max": corr.max().item(),
+            "query_vs_frame": (switch_query / switch_frame).item() if switch_frame > 0 else math.inf}
+
+
+def attention_stats(attention: torch.Tensor) -> dict[str, float]:
+    """Entropy of attention rows (..., K) against log K, the uniform distribution's (SPEC: collapse ≈ log N)."""
+    weights = attention.float().flatten(0, -2)                                   # (rows, K)
+    entropy = -(weights * weights.clamp_min(1e-30).log()).sum(dim=-1)            # (rows,)
+    log_n = math.log(weights.shape[-1])
+    return {"entropy": entropy.mean().item(), "log_n": log_n, "ratio": entropy.mean().item() / log_n,
+            "peak": weights.amax(dim=-1).mean().item(), "uniform_peak": 1.0 / weights.shape[-1],
+            "num_tokens": weights.shape[-1]}
+
+
+def _snapshot(value):
+    """A deep copy of the tensors in a cache (dicts, lists, tuples of tensors)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {key: _snapshot(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_snapshot(item) for item in value)
+    return value
+
+
+def _largest_change(before, after) -> float:
+    """Max |after - before| over a cache's tensors; inf when its structure changed."""
+    if isinstance(before, torch.Tensor):
+        if not isinstance(after, torch.Tensor) or after.shape != before.shape:
+            return math.inf
+        return (after.detach().float() - before.float()).abs().max().item() if before.numel() else 0.0
+    if isinstance(before, dict):
+        if not isinstance(after, dict) or after.keys() != before.keys():
+            return math.inf
+        return max((_largest_change(before[k], after[k]) for k in before), default=0.0)
+    if isinstance(before, (list, tuple)):
+        if not isinstance(after, (list, tuple)) or len(after) != len(before):
+            return math.inf
+        return max((_largest_change(x, y) for x, y in zip(before, after)), default=0.0)
+    return 0.0
+
+
+def reference_forward(encoder) -> Callable | None:
+    """The encoder's slow reference with the query in the sequence, if it has one.
+
+    Convention: ``encoder.masked_forward(frames, queries)``, or a module-level
+    ``masked_forward(encoder, frames, queries)`` in the module of the encoder's class or a base class
+    (``deep`` has one); either returns ``(features (N, D), image tokens (N, K, D))``.
+    """
+    method = getattr(encoder, "masked_forward", None)
+    if callable(method):
+        return method
+    for cls in type(encoder).__mro__:
+        function = getattr(sys.modules.get(cls.__module__), "masked_forward", None)
+        if callable(function):
+            return lambda frames, queries: function(encoder, frames, queries)
+    return None
+
+
+@torch.no_grad()
+def patch_invariance(encoder, pixels: torch.Tensor, queries_a: torch.Tensor, queries_b: torch.Tensor) -> dict:
+    """Whether the per-frame encoding (the patch features) depends on the query (SPEC: it must not).
+
+    Pixels (N, 3, H, W) in [0, 1]. ``cache_change``: largest change of any cached tensor after reads with
+    both queries (a read must never write the cache that pass 2 reuses). ``reread_change``: query b's
+    features before and after a read with query a (no hidden state between reads). With a reference
+    forward (``reference_forward``): ``tokens_query_dependence``, the image tokens' largest difference
+    between the two queries, and ``tokens_vs_cache`` / ``features_vs_cache`` against ``encode``/``attend``
+    (the cache computes what the full forward computes). ``scale``: max |token| for relative tolerances.
+    """
+    cache = encoder.encode(pixels)
+    before = _snapshot(cache)
+    first_b = encoder.attend(queries_b, cache)
+    features_a = encoder.attend(queries_a, cache)
+    again_b = encoder.attend(queries_b, cache)
+    tokens = cache.get("tokens") if isinstance(cache, dict) else None
+    report: dict[str, Any] = {
+        "cache_change": _largest_change(before, cache),
+        "reread_change": (again_b - first_b).abs().max().item(),
+        "features_scale": first_b.abs().max().item(),
+        "scale": tokens.abs().max().item() if isinstance(tokens, torch.Tensor) else None,
+        "reference": None, "tokens_query_dependence": None, "tokens_vs_cache": None, "features_vs_cache": None}
+    reference = reference_forward(encoder)
+    if reference is not None:
+        ref_a, tokens_a = reference(pixels, queries_a)
+        _, tokens_b = reference(pixels, queries_b)
+        report.update(reference="masked_forward",
+                      tokens_query_dependence=(tokens_a - tokens_b).abs().max().item(),
+                      features_vs_cache=(ref_a - features_a).abs().max().item(),
+                      scale=tokens_a.abs().max().item())
+        if isinstance(tokens, torch.Tensor) and tokens.shape == tokens_a.shape:
+            report["tokens_vs_cache"] = (tokens_a - before["tokens"]).abs().max().item()
+    return report
+
+
+@torch.no_grad()
+def head_probe(head, hidden: torch.Tensor, prev: torch.Tensor) -> dict[str, float]:
+    """What the prediction head's output depends on, and whether it predicts the full latent.
+
+    Hidden (N, H) and previous latents (N, C, h, w) as the model feeds them. ``hidden_sensitivity`` /
+    ``prev_sensitivity``: mean |Δ output| when the hidden states (or previous latents) are swapped
+    between rows, over mean |output| (FiLM conditioning: the LLM must move the prediction).
+    ``zeroed_vs_prev``: with every head weight set to zero, ||output − prev|| / ||prev||: 0 means the
+    head adds to the previous latent (a residual head); a full-latent head gives about 1.
+    """
+    base = head(hidden, prev)
+    scale = base.abs().mean().clamp_min(1e-12)
+    shift = 1 if len(hidden) > 1 else 0
+    other_hidden = hidden.roll(shift, 0) if shift else torch.randn_like(hidden)
+    other_prev = prev.roll(shift, 0) if shift else torch.randn_like(prev)
+    zeroed = copy.deepcopy(head)
+    for parameter in zeroed.parameters():
+        parameter.zero_()
+    out_zero = zeroed(hidden, prev)
+    prev_norm = prev.float().norm().clamp_min(1e-12)
+    return {"output_shape_matches": float(base.shape == prev.shape),
+            "hidden_sensitivity": ((head(other_hidden, prev) - base).abs().mean() / scale).item(),
+            "prev_sensitivity": ((head(hidden, other_prev) - base).abs().mean() / scale).item(),
+            "zeroed_vs_prev": ((out_zero.float() - prev.float()).norm() / prev_norm).item()}
+
+
+def gradient_reach(model, frames: torch.Tensor, latents: torch.Tensor) -> dict[str, float]:
+    """Largest |gradient| of the loss for every parameter, as if all were trainable (0.0: not reached).
+
+    One forward and backward on a real batch with ``requires_grad`` switched on everywhere, so a
+    frozen parameter shows whether the loss would reach it; flags and gradients are restored after.
+    """
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    try:
+        for p in model.parameters():
+            p.requires_grad_(True)
+            p.grad = None
+        model(frames, latents).loss.backward()
+        return {name: (p.grad.abs().max().item() if p.grad is not None else 0.0)
+                for name, p in model.named_parameters()}
+    finally:
+        for name, p in model.named_parameters():
+            p.requires_grad_(flags[name])
+            p.grad = grads[name]

@@ -82,6 +82,30 @@ def measure_micro_batch(state, batch: dict[str, torch.Tensor]) -> tuple[float, f
     return float(counter.get_total_flops()), float(activations)
 
 
+def probe_largest_batch(state, cache, config: FoveaConfig) -> int | None:
+    """The largest micro-batch that runs forward and backward without running out of GPU memory:
+    the memory model's guess first, then halving towards the configured batch on an OOM."""
+    device = state.device
+    free = torch.cuda.mem_get_info(device)[0] / GB
+    per_clip = memory_model(config, state.model)["activations_per_clip_gb"]
+    if not per_clip:
+        return None
+    size = min(len(cache), config.training.batch_size + int(0.9 * free / per_clip))
+    while size > config.training.batch_size:
+        try:
+            batch = cache.read(list(range(size)))
+            with torch.autocast(device.type, dtype=state.dtype, enabled=state.dtype != torch.float32):
+                out = state.model(batch["frames"].to(device), batch["latents"].to(device))
+            out.loss.backward()
+            return size
+        except torch.cuda.OutOfMemoryError:
+            size //= 2
+        finally:
+            state.model.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+    return config.training.batch_size
+
+
 def stats(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
     p90 = ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
@@ -126,11 +150,14 @@ def profile(config: FoveaConfig, run: RunDir, steps: int, warmup: int) -> dict[s
                 per_step.append({"step_s": step_s, **{p: phases.get(p, 0.0) for p in PHASES}})
             sampler.stop()
         flops, activations = measure_micro_batch(state, next(batches))
+        largest = probe_largest_batch(state, cache, config) if device.type == "cuda" else None
     finally:
         shutdown(loader)
 
     report = summarize(config, model, device, per_step, sampler.summary(), flops * config.training.grad_accum,
                        activations, steps, warmup)
+    report["memory"]["largest_batch_that_fits"] = largest
+    report["diagnosis"] = diagnose(config, report)
     write_profile(run, report)
     return report
 
@@ -173,7 +200,6 @@ def summarize(config: FoveaConfig, model, device: torch.device, per_step: list[d
         "peak_memory_gb": memory["measured"]["peak_allocated_gb"] if memory["measured"] else None,
         "per_step": per_step,
     }
-    report["diagnosis"] = diagnose(config, report)
     return report
 
 
@@ -206,13 +232,14 @@ def diagnose(config: FoveaConfig, report: dict[str, Any]) -> list[dict[str, str]
 
     measured, model = report["memory"]["measured"], report["memory"]["model"]
     if measured:
-        free = measured["device_total_gb"] - measured["peak_reserved_gb"]
-        extra = int(0.9 * free / model["activations_per_clip_gb"]) if model["activations_per_clip_gb"] else 0
-        findings.append({"kind": "memory", "severity": "info" if extra < 1 else "warn", "message": (
+        largest = report["memory"].get("largest_batch_that_fits")
+        extra = (largest or config.training.batch_size) - config.training.batch_size
+        findings.append({"kind": "memory", "severity": "warn" if extra >= 1 else "info", "message": (
             f"peak {measured['peak_allocated_gb']:.1f} GB allocated ({measured['peak_reserved_gb']:.1f} GB reserved) "
             f"of {measured['device_total_gb']:.0f} GB; the memory model predicts {model['total_gb']:.1f} GB. "
-            + (f"About {extra} more clips per micro-batch fit (training.batch_size up to "
-               f"{config.training.batch_size + extra})." if extra >= 1 else "No room for a larger batch."))})
+            + (f"A micro-batch of {largest} clips ran forward and backward in the probe: raise "
+               f"training.batch_size (now {config.training.batch_size}) and lower grad_accum to keep the "
+               f"effective batch." if extra >= 1 else "No room for a larger micro-batch."))})
     else:
         findings.append({"kind": "memory", "severity": "info", "message": (
             f"memory model: {model['total_gb']:.2f} GB for training at batch {config.training.batch_size} "

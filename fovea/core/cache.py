@@ -109,9 +109,9 @@ def build_cache(config: FoveaConfig, device: torch.device | str = "cpu", progres
     root = cache_path(config).resolve()   # absolute: run directories record it
     if (root / MANIFEST).is_file():
         return ClipCache(root)
+    source = build_source(config)   # a missing video directory fails here, before anything is written
     root.mkdir(parents=True, exist_ok=True)
     (root / "key.json").write_text(json.dumps(cache_key(config), indent=2) + "\n", encoding="utf-8")
-    source = build_source(config)
     shard_size = config.data.shard_size
     num_shards = -(-len(source) // shard_size)
     vae_id = config.model.vae.pretrained or str(root / "vae")

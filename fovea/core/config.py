@@ -44,11 +44,11 @@ class PluginTable(BaseModel):
 
 
 class RunConfig(Section):
-    name: str = "fovea"
-    """Run name; the run directory is ``<output_dir>/<timestamp>-<name>/``."""
+    name: str = Field("fovea", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
+    """Run name (letters, digits, ``.``, ``_``, ``-``); the run directory is ``<output_dir>/<timestamp>-<name>/``."""
     output_dir: str = "runs"
     """Directory holding run directories and the ``latest`` symlink."""
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)
     """Seed for model initialisation, data order and synthetic data."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train; ``auto`` picks CUDA when available."""
@@ -56,6 +56,8 @@ class RunConfig(Section):
     """Write a line to ``metrics.jsonl`` every this many optimizer steps (and at the last step)."""
     progress: bool = True
     """Show a progress bar with the live losses."""
+    spec: str | None = None
+    """The spec ``fovea audit`` checks this run against (a TOML file); unset: configs/spec/foveated_vlm.toml."""
 
 
 class DataConfig(PluginTable):
@@ -139,6 +141,10 @@ class TrainingConfig(Section):
     """Clip the global gradient norm to this value; 0 disables (SPEC: 1.0)."""
     save_every: int = Field(5_000, ge=1)
     """Save a checkpoint every this many optimizer steps, and at the end (SPEC: 5 000)."""
+    keep_checkpoints: int = Field(3, ge=1)
+    """Keep this many of the newest checkpoints in ``checkpoints/``; older ones are deleted."""
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    """A step with a NaN/inf loss or gradient never updates the weights; then ``stop`` the run, or ``skip`` it."""
 
 
 class PrecisionConfig(Section):

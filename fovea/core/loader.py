@@ -2,8 +2,9 @@
 
 indices (a seeded shuffle per epoch, endless) -> batches of indices -> parallel reads from the cache
 (threads; shard reads are memory-mapped slices, so no decoding happens here) -> pinned memory (CUDA)
--> prefetch. ``Loader.state_dict()`` is saved with each checkpoint; loading it continues from the
-same sample.
+-> prefetch. ``Loader.state_dict()`` is saved with each checkpoint; a resumed run builds its loader
+at the clip position found in it (``sample_position``), so it continues from the same sample even
+when ``num_workers``, ``prefetch`` or the batch size differ.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from fovea.core.errors import FoveaError
 class ShuffledIndices(BaseNode[int]):
     """Clip indices forever: epoch e is a permutation drawn from (seed, e). State: epoch and position."""
 
-    def __init__(self, num_clips: int, seed: int):
+    def __init__(self, num_clips: int, seed: int, start: dict[str, int] | None = None):
         super().__init__()
-        self.num_clips, self.seed = num_clips, seed
+        self.num_clips, self.seed, self.start = num_clips, seed, start or {"epoch": 0, "position": 0}
 
     def _permutation(self) -> list[int]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
@@ -31,7 +32,7 @@ class ShuffledIndices(BaseNode[int]):
 
     def reset(self, initial_state: dict[str, Any] | None = None) -> None:
         super().reset(initial_state)
-        state = initial_state or {"epoch": 0, "position": 0}
+        state = initial_state or self.start
         self.epoch, self.position = state["epoch"], state["position"]
         self._order = self._permutation()
 
@@ -46,12 +47,20 @@ class ShuffledIndices(BaseNode[int]):
         return {"epoch": self.epoch, "position": self.position}
 
 
-def build_loader(cache: ClipCache, config: FoveaConfig, device: torch.device) -> Loader:
-    """An endless, stateful loader of ``{"frames", "latents", "index"}`` batches of ``training.batch_size``."""
+def build_loader(cache: ClipCache, config: FoveaConfig, device: torch.device,
+                 position: dict[str, int] | None = None) -> Loader:
+    """An endless, stateful loader of ``{"frames", "latents", "index"}`` batches of ``training.batch_size``.
+
+    ``position`` (``sample_position`` of a saved state) starts it where a checkpointed loader stopped.
+    """
     data, batch_size = config.data, config.training.batch_size
     if batch_size > len(cache):
         raise FoveaError(f"training.batch_size ({batch_size}) is larger than the {len(cache)} clips in the data set")
-    node: BaseNode = Batcher(ShuffledIndices(len(cache), config.run.seed), batch_size=batch_size, drop_last=True)
+    if position is not None and not 0 <= position["position"] <= len(cache):
+        raise FoveaError(f"the checkpoint's loader stopped at clip {position['position']} of an epoch, but the "
+                         f"data set has {len(cache)} clips: the data changed since the run started")
+    indices = ShuffledIndices(len(cache), config.run.seed, position)
+    node: BaseNode = Batcher(indices, batch_size=batch_size, drop_last=True)
     if data.num_workers > 0:
         node = ParallelMapper(node, cache.read, num_workers=data.num_workers, method="thread", in_order=True)
     else:
@@ -61,11 +70,25 @@ def build_loader(cache: ClipCache, config: FoveaConfig, device: torch.device) ->
     return Loader(Prefetcher(node, prefetch_factor=data.prefetch))
 
 
+def sample_position(state: dict[str, Any]) -> dict[str, int]:
+    """The clip stream's ``{"epoch", "position"}`` inside a saved ``Loader.state_dict()``, whatever nodes wrap it."""
+    pending: list[Any] = [state]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            if set(item) == {"epoch", "position"} and all(isinstance(v, int) for v in item.values()):
+                return dict(item)
+            pending.extend(item.values())
+    raise FoveaError("the saved loader state holds no clip position; the checkpoint is corrupt")
+
+
 def shutdown(loader: Loader) -> None:
     """Stop the loader's worker threads now instead of at garbage collection (or a noisy interpreter exit)."""
     node = loader.root
     while node is not None:
         iterator = getattr(node, "_it", None)
-        if iterator is not None and hasattr(iterator, "_shutdown"):
-            iterator._shutdown()
+        while iterator is not None:   # ParallelMapper keeps its threads one iterator further down
+            if hasattr(iterator, "_shutdown"):
+                iterator._shutdown()
+            iterator = getattr(iterator, "_it", None)
         node = getattr(node, "source", None)

@@ -1,9 +1,11 @@
 """The plugin manager: built-in parts and third-party ``fovea`` entry points, one registry.
 
 Built-ins are ordinary plugins (``DEFAULT_PLUGINS``) loaded through the same hooks as entry-point
-plugins (llm's ``register_models`` pattern). ``FOVEA_LOAD_PLUGINS`` restricts which entry-point
-plugins load: a comma-separated list of entry-point names, empty for none (like llm's
-``LLM_LOAD_PLUGINS``). Loading is idempotent; ``reset_plugins()`` forgets everything (tests).
+plugins (llm's ``register_models`` pattern). ``FOVEA_PLUGINS`` restricts which entry-point plugins
+load: a comma-separated list of entry-point names, empty for none (like llm's ``LLM_LOAD_PLUGINS``;
+``FOVEA_LOAD_PLUGINS`` is accepted as an older name). An entry-point plugin that fails to import is
+reported on stderr and skipped; the rest of fovea works. Loading is idempotent; ``reset_plugins()``
+forgets everything (tests).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +30,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "fovea.plugins.data.videos",
 )
 ENTRY_POINT_GROUP = "fovea"
-LOAD_PLUGINS_ENV = "FOVEA_LOAD_PLUGINS"
+LOAD_PLUGINS_ENV = "FOVEA_PLUGINS"
+LOAD_PLUGINS_ENV_ALIASES = ("FOVEA_LOAD_PLUGINS",)   # accepted, not documented
 
 # kind -> the hook that registers parts of that kind
 HOOKS: dict[str, str] = {
@@ -55,6 +59,7 @@ class Part:
 _manager: pluggy.PluginManager | None = None
 _parts: dict[str, dict[str, Part]] | None = None
 _sources: dict[int, str] = {}  # id(entry-point plugin) -> "<distribution> <version>"
+_failed: dict[str, str] = {}   # entry-point name -> why it could not be loaded
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
@@ -70,8 +75,16 @@ def get_plugin_manager() -> pluggy.PluginManager:
     return _manager
 
 
+def allowed_plugins_setting() -> str | None:
+    """The value of ``FOVEA_PLUGINS`` (or its older name), ``None`` when neither is set."""
+    for name in (LOAD_PLUGINS_ENV, *LOAD_PLUGINS_ENV_ALIASES):
+        if name in os.environ:
+            return os.environ[name]
+    return None
+
+
 def _load_entry_points(manager: pluggy.PluginManager) -> None:
-    allowed = os.environ.get(LOAD_PLUGINS_ENV)
+    allowed = allowed_plugins_setting()
     allowed_names = None if allowed is None else {n.strip() for n in allowed.split(",") if n.strip()}
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         if allowed_names is not None and ep.name not in allowed_names:
@@ -81,11 +94,11 @@ def _load_entry_points(manager: pluggy.PluginManager) -> None:
         dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else ep.name
         try:
             plugin = ep.load()
-        except Exception as exc:  # a broken third-party plugin must not look like a fovea bug
-            raise PluginError(
-                f"plugin '{ep.name}' ({dist}) failed to import: {type(exc).__name__}: {exc}. "
-                f"Fix or uninstall it, or leave it out with {LOAD_PLUGINS_ENV}=<names to load>."
-            ) from None
+        except Exception as exc:  # a broken third-party plugin must not break fovea, nor look like its bug
+            _failed[ep.name] = f"{type(exc).__name__}: {exc}"
+            print(f"warning: plugin '{ep.name}' ({dist}) failed to import and is skipped: {_failed[ep.name]}. "
+                  f"Fix or uninstall it, or leave it out with {LOAD_PLUGINS_ENV}=<names to load>.", file=sys.stderr)
+            continue
         manager.register(plugin, name=ep.name)
         _sources[id(plugin)] = dist
 
@@ -119,8 +132,21 @@ def _collect_parts(manager: pluggy.PluginManager) -> dict[str, dict[str, Part]]:
                 doc = (cls.__doc__ or "").strip().splitlines()
                 parts[_kind][name] = Part(_kind, name, cls, _source, doc[0] if doc else "")
 
-            impl.function(**{arg: register for arg in impl.argnames})
+            try:
+                impl.function(**{arg: register for arg in impl.argnames})
+            except PluginError:
+                raise
+            except Exception as exc:  # a plugin's own bug: report it and go on without the rest of its parts
+                print(f"warning: plugin '{source}' failed in {hook_name}: {type(exc).__name__}: {exc}; its other "
+                      f"{kind}s are skipped. Fix or uninstall it, or leave it out with {LOAD_PLUGINS_ENV}.",
+                      file=sys.stderr)
     return parts
+
+
+def failed_plugins() -> dict[str, str]:
+    """Entry-point plugins that failed to import (and were skipped), with the error."""
+    get_plugin_manager()
+    return dict(_failed)
 
 
 def get_parts(kind: str) -> dict[str, Part]:
@@ -165,3 +191,4 @@ def reset_plugins() -> None:
     global _manager, _parts
     _manager, _parts = None, None
     _sources.clear()
+    _failed.clear()

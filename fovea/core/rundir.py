@@ -1,22 +1,32 @@
 """The run directory: everything a run writes, and everything ``audit``/``profile`` read back.
 
 Layout of ``<output_dir>/<timestamp>-<name>/``: ``config.toml`` (resolved), ``env.json``,
-``metrics.jsonl``, ``model.safetensors`` and ``loader_state.json`` (at each checkpoint),
-``data_report.json`` (the clip cache used, the VAE of its targets, skipped files and why),
-``summary.json``. ``<output_dir>/latest`` is a relative symlink to the newest run.
+``metrics.jsonl``, ``checkpoints/step-NNNNNN/`` (the newest ``training.keep_checkpoints``; a ``step-N``
+directory is always complete, see ``fovea.core.checkpoint``), ``nonfinite.jsonl`` (steps whose loss
+or gradient was NaN/inf, with their clips), ``data_report.json`` (the clip cache used, the VAE of its
+targets, skipped files and why), ``summary.json`` (once the run finished); ``profile.json``
+(``fovea profile``) and ``audit.md``/``audit.json`` (``fovea audit``) when those ran.
+``<output_dir>/latest`` is a relative symlink to the newest run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from fovea.core.config import FoveaConfig, config_to_toml
 from fovea.core.errors import FoveaError
+
+CHECKPOINT_INFO = "checkpoint.json"   # written last into a checkpoint directory
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:06d}"
 
 
 @dataclass(frozen=True)
@@ -25,9 +35,11 @@ class RunDir:
 
     config_file = property(lambda self: self.path / "config.toml")
     metrics_file = property(lambda self: self.path / "metrics.jsonl")
-    checkpoint_file = property(lambda self: self.path / "model.safetensors")
+    checkpoints_dir = property(lambda self: self.path / "checkpoints")
     summary_file = property(lambda self: self.path / "summary.json")
     data_report_file = property(lambda self: self.path / "data_report.json")
+    env_file = property(lambda self: self.path / "env.json")
+    profile_file = property(lambda self: self.path / "profile.json")   # written by `fovea profile`
 
     @classmethod
     def create(cls, config: FoveaConfig) -> "RunDir":
@@ -36,12 +48,14 @@ class RunDir:
         latest = root / "latest"
         if latest.exists() and not latest.is_symlink():
             raise FoveaError(f"{latest} exists and is not a symlink; move it away so fovea can point it at new runs")
-        root.mkdir(parents=True, exist_ok=True)
         stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{config.run.name}"
         path, n = root / stem, 1
         while path.exists():
             path, n = root / f"{stem}-{n}", n + 1
-        path.mkdir()
+        try:
+            path.mkdir(parents=True)
+        except OSError as exc:
+            raise FoveaError(f"cannot create the run directory {path} ({exc.strerror}); check run.output_dir") from None
         run = cls(path)
         run.config_file.write_text(config_to_toml(config), encoding="utf-8")
         run.write_json("env.json", collect_environment())
@@ -65,10 +79,58 @@ class RunDir:
             raise FoveaError(f"{path} is not a fovea run directory (no config.toml in it)")
         return cls(resolved)
 
+    def checkpoints(self) -> list[Path]:
+        """The complete checkpoint directories, oldest first."""
+        found = [(int(p.name[5:]), p) for p in self.checkpoints_dir.glob("step-*")
+                 if p.name[5:].isdigit() and (p / CHECKPOINT_INFO).is_file()]
+        return [path for _, path in sorted(found)]
+
+    @property
+    def latest_checkpoint(self) -> Path:
+        """The newest complete checkpoint directory; an error if the run saved none."""
+        checkpoints = self.checkpoints()
+        if not checkpoints:
+            raise FoveaError(f"{self.path} holds no complete checkpoint (nothing in {self.checkpoints_dir.name}/): "
+                             f"the run stopped before its first save (training.save_every); start it again")
+        return checkpoints[-1]
+
+    @property
+    def checkpoint_file(self) -> Path:
+        """``model.safetensors`` of the newest complete checkpoint (of a run from before checkpoints/: its root one)."""
+        legacy = self.path / "model.safetensors"
+        if legacy.is_file() and not self.checkpoints():
+            return legacy
+        return self.latest_checkpoint / "model.safetensors"
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run for this process: a second trainer of the same run (two --resume) is refused.
+
+        An advisory ``flock`` on ``.lock``: the kernel releases it when the process dies, even by SIGKILL.
+        """
+        import fcntl
+
+        with open(self.path / ".lock", "a", encoding="utf-8") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise FoveaError(f"{self.path} is being trained by another process; wait for it to finish "
+                                 f"or stop it first") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def write_json(self, name: str, data: Any) -> None:
         """Write ``name`` atomically: readers see the old file or the new one, never half of one."""
         tmp = self.path / f".{name}.tmp"
         tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, self.path / name)
+
+    def write_text(self, name: str, text: str) -> None:
+        """Write the text file ``name`` atomically (``audit.md``), like ``write_json``."""
+        tmp = self.path / f".{name}.tmp"
+        tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, self.path / name)
 
     def append_metrics(self, record: dict[str, Any]) -> None:
@@ -76,9 +138,38 @@ class RunDir:
             f.write(json.dumps(record) + "\n")
 
     def read_metrics(self) -> list[dict[str, Any]]:
+        """The logged lines, checked: each a JSON object with a larger ``step`` than the one before.
+
+        A torn last line (the process was killed while appending it) is left out; any other bad line
+        is a ``FoveaError`` naming it.
+        """
         if not self.metrics_file.is_file():
             return []
-        return [json.loads(line) for line in self.metrics_file.read_text(encoding="utf-8").splitlines() if line]
+        try:
+            lines = self.metrics_file.read_text(encoding="utf-8").split("\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise FoveaError(f"{self.metrics_file} is unreadable ({exc}); restore it or start the run again") from None
+        records: list[dict[str, Any]] = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                if number == len(lines):   # no newline after it: cut off mid-write
+                    break
+                record = None
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int) or \
+                    (records and record["step"] <= records[-1]["step"]):
+                raise FoveaError(f"{self.metrics_file}, line {number}: not a metrics record following step "
+                                 f"{records[-1]['step'] if records else 0} ({line[:80]!r}); the file is corrupt: "
+                                 f"restore it or start the run again")
+            records.append(record)
+        return records
+
+    def rewrite_metrics(self, records: list[dict[str, Any]]) -> None:
+        """Replace ``metrics.jsonl`` by ``records`` atomically (a resumed run drops the steps it will redo)."""
+        self.write_text(self.metrics_file.name, "".join(json.dumps(record) + "\n" for record in records))
 
 
 def collect_environment() -> dict[str, Any]:

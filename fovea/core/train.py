@@ -1,28 +1,36 @@
 """The training loop: AdamW with warm-up and cosine decay, gradient accumulation and clipping, autocast.
 
 One optimizer step (``train_step``, shared with ``fovea profile``) = ``grad_accum`` micro-batches of
-``batch_size`` clips. Losses are logged as means over each logging interval; the device is
-synchronised only when a line is logged.
+``batch_size`` clips. A step whose loss or gradient is NaN/inf never reaches the optimizer: the run
+stops with a diagnosis or skips the step (``training.on_nonfinite``). Losses are logged as means over
+each logging interval. Checkpoints (``fovea.core.checkpoint``) hold everything the loop needs, so
+``train(config, resume=run)`` continues a run in its own directory with exactly the per-step losses
+it would have had without the interruption. SIGINT/SIGTERM finish the current step, save a
+checkpoint and raise ``RunInterrupted``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-import os
 import random
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
-from fovea.core.config import FoveaConfig
+from fovea.core.config import FoveaConfig, config_to_toml
 from fovea.core.errors import FoveaError
 from fovea.core.rundir import RunDir
 from fovea.core.timing import PhaseTimer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+NONFINITE_FILE = "nonfinite.jsonl"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -61,40 +69,29 @@ def build_optimizer(model: torch.nn.Module, config: FoveaConfig) -> torch.optim.
     return torch.optim.AdamW(groups, lr=config.training.lr, betas=(0.9, 0.999), fused=fused or None)
 
 
-def save_checkpoint(model: torch.nn.Module, path: Path) -> None:
-    """Model weights as safetensors, written to a temp file and renamed (never half-written)."""
-    from safetensors.torch import save_model
+class RunInterrupted(Exception):
+    """SIGINT/SIGTERM stopped the run after a step; its checkpoint is saved and the run can be resumed."""
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_model(model, str(tmp))
-    os.replace(tmp, path)
+    def __init__(self, run: RunDir, step: int, signal_number: int, checkpoint: Path):
+        self.run, self.step, self.signal_number, self.checkpoint = run, step, signal_number, checkpoint
+        super().__init__(f"stopped by {signal.Signals(signal_number).name} after step {step}; checkpoint "
+                         f"{checkpoint}. Continue with `fovea run --resume {run.path}`")
 
 
-def train(config: FoveaConfig) -> RunDir:
-    """Train the model ``config`` describes; returns the run directory it wrote.
+class NonFiniteStep(FoveaError):
+    """A step's loss or gradient norm is NaN/inf; raised before the optimizer touches the weights."""
 
-    Everything that can fail on bad input (model loading, the data, the batch size) happens before the
-    run directory is created, so a run that cannot start writes nothing and leaves ``latest`` alone.
-    """
-    from fovea.core.cache import build_cache
-    from fovea.core.loader import build_loader, shutdown
-    from fovea.core.model import build_model
-
-    device = resolve_device(config.run.device)
-    model = build_model(config).to(device).train()
-    cache = build_cache(config, device, progress=config.run.progress)   # decoded once; later runs reuse it
-    loader = build_loader(cache, config, device)
-    seed_everything(config.run.seed)
-    try:
-        run = RunDir.create(config)
-        run.write_json("data_report.json", cache.report())
-        run.mark_latest()
-        started = time.perf_counter()
-        first, last = optimize(config, model, loader, run, device)
-    finally:
-        shutdown(loader)
-    run.write_json("summary.json", summarize(config, model, len(cache), first, last, time.perf_counter() - started))
-    return run
+    def __init__(self, losses: torch.Tensor, grad_norm: torch.Tensor, clips: list[list[int]], parameters: list[str]):
+        self.losses = losses.tolist()              # per micro-batch: [loss, loss_fine, loss_coarse]
+        self.grad_norm = grad_norm.item()
+        self.clips = clips                         # per micro-batch: cache indices of its clips
+        self.parameters = parameters               # trainable parameters whose gradient is not finite
+        names = ("loss", "loss_fine", "loss_coarse")
+        bad = sorted({names[i] for row in self.losses for i, value in enumerate(row) if not math.isfinite(value)},
+                     key=names.index)
+        self.which = bad or ["gradient"]
+        super().__init__(f"non-finite {', '.join(self.which)} (grad norm {self.grad_norm}); the weights were "
+                         f"not updated")
 
 
 @dataclass
@@ -121,10 +118,13 @@ def train_step(state: TrainState, batches: Iterator[dict], timer: PhaseTimer) ->
     """One optimizer step over ``grad_accum`` micro-batches, its phases timed by ``timer``.
 
     Returns (loss, loss_fine, loss_coarse) averaged over the micro-batches, (3,), and the gradient norm
-    before clipping: both on the device, not synchronised.
+    before clipping: both on the device. If a loss or the gradient is not finite, raises
+    ``NonFiniteStep`` before clipping and the optimizer (gradients cleared, weights, optimizer and
+    schedule untouched); checking costs one device sync per step.
     """
     t = state.config.training
     losses = torch.zeros(3, device=state.device)
+    micro_losses, clips = [], []
     for _ in range(t.grad_accum):
         with timer("data"):
             batch = next(batches)
@@ -135,63 +135,265 @@ def train_step(state: TrainState, batches: Iterator[dict], timer: PhaseTimer) ->
             out = state.model(frames, latents)
         with timer("backward"):
             (out.loss / t.grad_accum).backward()
-        losses += torch.stack([out.loss, out.loss_fine, out.loss_coarse]).detach() / t.grad_accum
+        micro = torch.stack([out.loss, out.loss_fine, out.loss_coarse]).detach()   # (3,)
+        losses += micro / t.grad_accum
+        micro_losses.append(micro)
+        clips.append(batch["index"].tolist() if "index" in batch else [])
     with timer("optimizer"):
-        grad_norm = torch.nn.utils.clip_grad_norm_(state.trainable, t.grad_clip if t.grad_clip > 0 else math.inf)
+        grads = [p.grad for p in state.trainable if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm(grads)
+        checked = torch.cat([torch.stack(micro_losses).flatten(), grad_norm[None]])   # (grad_accum * 3 + 1,)
+        if not bool(torch.isfinite(checked).all()):                                  # the one sync
+            bad = [name for name, p in state.model.named_parameters()
+                   if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+            state.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteStep(torch.stack(micro_losses).float().cpu(), grad_norm.float().cpu(), clips, bad)
+        torch.nn.utils.clip_grads_with_norm_(state.trainable, t.grad_clip if t.grad_clip > 0 else math.inf, grad_norm)
         state.optimizer.step()
         state.scheduler.step()
         state.optimizer.zero_grad(set_to_none=True)
     return losses, grad_norm.detach()
 
 
-def optimize(config: FoveaConfig, model: torch.nn.Module, loader, run: RunDir, device: torch.device):
-    """The optimisation loop; writes metrics and checkpoints into ``run``; returns the first and last log lines."""
+@dataclass
+class Progress:
+    """Where the loop stands; saved with every checkpoint, so a resumed run logs what an uninterrupted one would."""
+
+    sums: torch.Tensor                   # (4,) loss, loss_fine, loss_coarse, grad_norm summed over the open interval
+    step: int = 0                        # optimizer steps done (skipped ones included)
+    interval_steps: int = 0              # steps summed in ``sums``
+    interval_skipped: int = 0            # steps of the open interval skipped for a NaN/inf
+    skipped: int = 0                     # skipped steps of the whole run
+    elapsed_s: float = 0.0               # training time of earlier processes (of the whole run once finished)
+
+    def state(self, elapsed_s: float) -> dict[str, Any]:
+        return {"sums": self.sums.cpu(), "step": self.step, "interval_steps": self.interval_steps,
+                "interval_skipped": self.interval_skipped, "skipped": self.skipped, "elapsed_s": elapsed_s}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], device: torch.device) -> "Progress":
+        return cls(**{**state, "sums": state["sums"].to(device)})
+
+
+@dataclass
+class StopRequest:
+    """Set by SIGINT/SIGTERM: the loop finishes its step, saves a checkpoint and stops."""
+
+    signal_number: int | None = None
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[StopRequest]:
+    """Turn SIGINT/SIGTERM into a ``StopRequest`` for the block; a second SIGINT stops at once."""
+    request = StopRequest()
+    if threading.current_thread() is not threading.main_thread():   # signals reach only the main thread
+        yield request
+        return
+
+    def handle(signal_number: int, frame) -> None:
+        if request.signal_number == signal.SIGINT and signal_number == signal.SIGINT:
+            raise KeyboardInterrupt
+        request.signal_number = signal_number
+        print(f"\n{signal.Signals(signal_number).name}: stopping after this step and saving a checkpoint "
+              f"(Ctrl-C again stops at once, losing the steps since the last checkpoint)", file=sys.stderr)
+
+    previous = {number: signal.signal(number, handle) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield request
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def train(config: FoveaConfig, resume: RunDir | None = None, force: bool = False) -> RunDir:
+    """Train the model ``config`` describes; returns the run directory it wrote.
+
+    Everything that can fail on bad input (model loading, the data, the batch size) happens before the
+    run directory is created, so a run that cannot start writes nothing and leaves ``latest`` alone.
+    ``resume``: continue that run from its newest complete checkpoint, in its directory; settings that
+    must not change (``checkpoint.fixed_settings``) are refused unless ``force``. A resumed run that
+    cannot continue (a damaged checkpoint, a model that does not fit) is not modified.
+    """
+    from fovea.core.cache import build_cache
+    from fovea.core.checkpoint import check_settings, read_checkpoint, restore_rng, restore_training
+    from fovea.core.loader import build_loader, sample_position, shutdown
+    from fovea.core.model import build_model
+
+    with contextlib.ExitStack() as stack:
+        checkpoint = kept_metrics = None
+        if resume is not None:   # the cheap checks first
+            stack.enter_context(resume.lock())
+            checkpoint = read_checkpoint(resume.latest_checkpoint)
+            check_settings(checkpoint, config, force)
+            if not resume.metrics_file.is_file() and checkpoint.step >= config.run.log_every and not force:
+                raise FoveaError(f"{resume.metrics_file} is missing, but the run logged steps up to its checkpoint "
+                                 f"at step {checkpoint.step}: restore the file, or pass --force to continue without "
+                                 f"those lines")
+            kept_metrics = [m for m in resume.read_metrics() if m["step"] <= checkpoint.step]
+        device = resolve_device(config.run.device)
+        model = build_model(config).to(device).train()
+        cache = build_cache(config, device, progress=config.run.progress)   # decoded once; later runs reuse it
+        position = sample_position(checkpoint.loader_state) if checkpoint else None
+        loader = build_loader(cache, config, device, position)
+        stack.callback(shutdown, loader)
+        seed_everything(config.run.seed)
+        state = prepare_training(config, model, device)
+        progress = Progress(torch.zeros(4, device=device))
+        if checkpoint is not None:
+            restore_training(checkpoint, state)
+            progress = Progress.from_state(checkpoint.training_state["progress"], device)
+            restore_rng(checkpoint.training_state["rng"])
+
+        if resume is None:
+            run = RunDir.create(config)
+            stack.enter_context(run.lock())
+        else:
+            run = resume
+            run.rewrite_metrics(kept_metrics)            # drop the steps logged after the checkpoint: redone now
+            run.write_text(run.config_file.name, config_to_toml(config))
+            run.summary_file.unlink(missing_ok=True)     # the run is not finished until it is
+        run.write_json("data_report.json", cache.report())
+        run.mark_latest()
+        stop = stack.enter_context(stop_on_signals())
+        optimize(state, loader, run, progress, cache.clip_info, stop)
+        metrics = run.read_metrics()
+        run.write_json("summary.json", summarize(config, model, len(cache), metrics[0] if metrics else None,
+                                                 metrics[-1] if metrics else None, progress.elapsed_s,
+                                                 progress.skipped))
+    return run
+
+
+def find_run_to_resume(target: str, config_path: Path | None, overrides: Iterable[str]) -> tuple[FoveaConfig, RunDir]:
+    """The run ``--resume`` names (a directory, or ``latest`` under ``run.output_dir``) and its config.
+
+    The config is the run's own ``config.toml``, or ``config_path`` when given; ``--set`` overrides
+    apply to either.
+    """
+    from fovea.core.config import load_config, parse_override
+
+    overrides = list(overrides)
+    if target == "latest":
+        if config_path is not None:
+            output_dir = load_config(config_path, overrides).run.output_dir
+        else:
+            given = [value for keys, value in map(parse_override, overrides) if keys == ["run", "output_dir"]]
+            output_dir = str(given[-1]) if given else "runs"
+        latest = Path(output_dir) / "latest"
+        if not latest.exists():
+            raise FoveaError(f"no run to resume: {latest} does not exist; name the run directory, "
+                             f"e.g. --resume runs/<timestamp>-<name>")
+        target = str(latest)
+    run = RunDir.open(target)
+    return load_config(config_path if config_path is not None else run.config_file, overrides), run
+
+
+def optimize(state: TrainState, loader, run: RunDir, progress: Progress,
+             clip_info: Callable[[], list[dict]] | None = None, stop: StopRequest | None = None) -> None:
+    """The optimisation loop from ``progress.step`` to ``max_steps``; writes metrics and checkpoints into ``run``."""
     from tqdm.auto import tqdm
 
-    t = config.training
-    state = prepare_training(config, model, device)
+    from fovea.core.checkpoint import save_checkpoint
+
+    config, t = state.config, state.config.training
+    stop = stop or StopRequest()
     batches, timer = iter(loader), PhaseTimer()
-    sums = torch.zeros(4, device=device)   # loss, loss_fine, loss_coarse, grad_norm over the log interval
-    interval_steps, interval_start, started = 0, time.perf_counter(), time.perf_counter()
-    first = last = None
-    bar = tqdm(total=t.max_steps, desc=f"fovea {config.run.name}", disable=not config.run.progress, unit="step")
-    for step in range(1, t.max_steps + 1):
-        losses, grad_norm = train_step(state, batches, timer)
-        sums += torch.cat([losses, grad_norm[None]])
-        interval_steps += 1
-        bar.update()
+    started = interval_start = time.perf_counter()
+    timed_steps = 0                      # steps of the open interval run by this process (for samples/s)
 
-        if step % config.run.log_every == 0 or step == t.max_steps:
-            loss, loss_fine, loss_coarse, gnorm = (sums / interval_steps).tolist()   # the only sync
-            elapsed = time.perf_counter() - interval_start
-            last = {"step": step, "loss": loss, "loss_fine": loss_fine, "loss_coarse": loss_coarse,
-                    "ratio": loss_coarse / loss_fine if loss_fine > 0 else None, "grad_norm": gnorm,
-                    "lr": state.scheduler.get_last_lr()[0],
-                    "samples_per_s": interval_steps * config.effective_batch_size / elapsed,
-                    "data_wait_share": timer.pop().get("data", 0.0) / elapsed,
-                    "elapsed_s": time.perf_counter() - started}
-            first = first or last
-            run.append_metrics(last)
-            bar.set_postfix(fine=f"{loss_fine:.4f}", coarse=f"{loss_coarse:.4f}")
-            sums.zero_()
-            interval_steps, interval_start = 0, time.perf_counter()
-        if step % t.save_every == 0 or step == t.max_steps:
-            save_checkpoint(model, run.checkpoint_file)
-            run.write_json("loader_state.json", {"step": step, "state": loader.state_dict()})
-    bar.close()
-    return first, last
+    def elapsed() -> float:              # training time of the whole run, earlier processes included
+        return progress.elapsed_s + time.perf_counter() - started
+
+    with tqdm(total=t.max_steps, initial=progress.step, desc=f"fovea {config.run.name}",
+              disable=not config.run.progress, unit="step") as bar:
+        for step in range(progress.step + 1, t.max_steps + 1):
+            try:
+                losses, grad_norm = train_step(state, batches, timer)
+            except NonFiniteStep as exc:
+                report_nonfinite(exc, step, run, clip_info, "stopped" if t.on_nonfinite == "stop" else "skipped")
+                if t.on_nonfinite == "stop":
+                    raise FoveaError(nonfinite_message(exc, step, run)) from None
+                progress.skipped += 1
+                progress.interval_skipped += 1
+            else:
+                progress.sums += torch.cat([losses, grad_norm[None]])
+                progress.interval_steps += 1
+            progress.step, timed_steps = step, timed_steps + 1
+            bar.update()
+
+            if step % config.run.log_every == 0 or step == t.max_steps:
+                n = progress.interval_steps
+                means = (progress.sums / n).tolist() if n else [None] * 4    # syncs the device
+                loss, loss_fine, loss_coarse, gnorm = means
+                wall = time.perf_counter() - interval_start
+                record = {"step": step, "loss": loss, "loss_fine": loss_fine, "loss_coarse": loss_coarse,
+                          "ratio": loss_coarse / loss_fine if n and loss_fine > 0 else None, "grad_norm": gnorm,
+                          "lr": state.scheduler.get_last_lr()[0],
+                          "samples_per_s": timed_steps * config.effective_batch_size / wall,
+                          "data_wait_share": timer.pop().get("data", 0.0) / wall,
+                          "skipped_steps": progress.interval_skipped, "elapsed_s": elapsed()}
+                run.append_metrics(record)
+                if n:
+                    bar.set_postfix(fine=f"{loss_fine:.4f}", coarse=f"{loss_coarse:.4f}")
+                progress.sums.zero_()
+                progress.interval_steps = progress.interval_skipped = timed_steps = 0
+                interval_start = time.perf_counter()
+            if step % t.save_every == 0 or step == t.max_steps or stop.signal_number is not None:
+                saved = save_checkpoint(run, step, state, loader.state_dict(), progress.state(elapsed()),
+                                        t.keep_checkpoints)
+                if stop.signal_number is not None and step < t.max_steps:   # at the last step: just finish
+                    raise RunInterrupted(run, step, stop.signal_number, saved)
+    progress.elapsed_s = elapsed()
 
 
-def summarize(config: FoveaConfig, model: torch.nn.Module, num_clips: int, first: dict, last: dict,
-              wall: float) -> dict:
+def nonfinite_message(exc: NonFiniteStep, step: int, run: RunDir) -> str:
+    checkpoints = run.checkpoints()
+    kept = f"the last checkpoint, {checkpoints[-1].name}, is intact" if checkpoints else "no checkpoint was saved yet"
+    return (f"step {step}: {exc}. The diagnosis (losses, the batch's source clips, parameters with NaN/inf "
+            f"gradients) is in {run.path / NONFINITE_FILE}; {kept}. Lower training.lr or check those clips, "
+            f"or skip such steps: `fovea run --resume {run.path} --set training.on_nonfinite=skip`")
+
+
+def report_nonfinite(exc: NonFiniteStep, step: int, run: RunDir, clip_info: Callable[[], list[dict]] | None,
+                     action: str) -> None:
+    """Append the diagnosis of a NaN/inf step to ``nonfinite.jsonl``: the losses, the batch's source clips."""
+    import json
+
+    info = clip_info() if clip_info is not None else []
+    names = ("loss", "loss_fine", "loss_coarse")
+    checkpoints = run.checkpoints()
+    record = {
+        "step": step,
+        "action": action,
+        "nonfinite": exc.which,
+        "grad_norm": _json_number(exc.grad_norm),
+        "micro_batches": [{"losses": {name: _json_number(value) for name, value in zip(names, losses)},
+                           "clips": [{"index": i, **(info[i] if 0 <= i < len(info) else {})} for i in clips]}
+                          for losses, clips in zip(exc.losses, exc.clips)],
+        "parameters_with_nonfinite_grad": len(exc.parameters),
+        "first_parameters_with_nonfinite_grad": exc.parameters[:20],   # in model order: where it starts
+        "last_checkpoint": checkpoints[-1].name if checkpoints else None,
+    }
+    with (run.path / NONFINITE_FILE).open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _json_number(value: float) -> float | str:
+    """A float as strict JSON allows: NaN and infinities as strings."""
+    return value if math.isfinite(value) else str(value)
+
+
+def summarize(config: FoveaConfig, model: torch.nn.Module, num_clips: int, first: dict | None, last: dict | None,
+              wall: float, skipped: int = 0) -> dict:
     """What ``summary.json`` holds: outcome, losses first and last, the spec's improvement, sizes."""
     def count(module: torch.nn.Module, trainable: bool | None = None) -> int:
         return sum(p.numel() for p in module.parameters() if trainable is None or p.requires_grad == trainable)
 
-    improvement = (last["loss_coarse"] - last["loss_fine"]) / last["loss_coarse"] if last["loss_coarse"] else None
+    coarse, fine = (last or {}).get("loss_coarse"), (last or {}).get("loss_fine")
+    improvement = (coarse - fine) / coarse if coarse and fine is not None else None
     return {
         "status": "completed",
         "steps": config.training.max_steps,
+        "skipped_steps": skipped,
         "wall_time_s": wall,
         "first": first,
         "last": last,

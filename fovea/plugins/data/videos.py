@@ -49,6 +49,9 @@ class VideoFolder:
         self.config, self.num_frames, self.frame_size = config, num_frames, frame_size
         root = Path(config.path).expanduser()
         what = "files ending in " + ", ".join(config.extensions)
+        if root.is_file():
+            raise FoveaError(f"data.path = '{config.path}' is a file; point it at the directory that holds your "
+                             f"training videos ({what}), e.g. --set data.path={root.parent}")
         if not root.is_dir():
             raise FoveaError(f"no video directory at data.path = '{config.path}': put your training videos there "
                              f"({what}; any size, subdirectories are searched), or point at yours with "

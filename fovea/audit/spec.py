@@ -1,0 +1,234 @@
+"""The machine-readable spec: what ``fovea audit`` checks a run against (SPEC.md as data).
+
+``configs/spec/foveated_vlm.toml`` is SPEC.md's requirements as TOML; this module's pydantic models
+are its schema (every key documented under it, unknown keys are errors). Research values (component
+states, training values, bands) have no defaults: a spec states them. The audit's own probe
+thresholds have defaults.
+
+Which spec a run is audited against, first match wins: ``--spec FILE`` > the run config's
+``[run] spec`` > ``configs/spec/foveated_vlm.toml``. A relative path is looked up in the current
+directory, then in the fovea checkout; a spec that ships with fovea (``fovea/audit/specs/``, package
+data, the same file as ``configs/spec/``) is found by its file name, so an installed fovea has its
+default spec.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from fovea.core.config import format_validation_error
+from fovea.core.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULT_SPEC = "configs/spec/foveated_vlm.toml"
+PACKAGED_SPECS = Path(__file__).parent / "specs"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class SpecTable(BaseModel):
+    """A spec table: unknown keys are errors, every field documented by the docstring under it."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+
+
+class Component(SpecTable):
+    description: str
+    """What the part is, as SPEC.md "Components" names it."""
+    state: Literal["trainable", "frozen"]
+    """Whether the part's weights must train."""
+    location: Literal["model", "vae"] = "model"
+    """Where its parameters live: in the two-pass model (named by ``modules``), or the target VAE."""
+    modules: list[str] = []
+    """Names of the model's children or parameters that make up the part (``encoder``, ``q_static``, …)."""
+    pretrained: str | None = None
+    """The spec's weights (a hub id); unset when the part starts from random init."""
+    pretrained_key: str | None = None
+    """The config key that names the part's weights, e.g. ``model.encoder.pretrained``."""
+    architecture: dict[str, Any] = {}
+    """Architecture values the part's (transformers/diffusers) config must have, e.g. ``hidden_size``."""
+
+    @model_validator(mode="after")
+    def _located(self):
+        if self.location == "model" and not self.modules:
+            raise ValueError("a component inside the model needs `modules` (its children or parameters)")
+        if self.location == "vae" and self.modules:
+            raise ValueError("the VAE is not part of the model: leave `modules` out")
+        return self
+
+
+class QuerySpec(SpecTable):
+    encoder: str
+    """The spec's query mechanism (a registered encoder name): ``deep`` masked injection."""
+    simplified: list[str] = []
+    """Encoders that implement a known simplification of it (reported as ⚠️ simplified): ``posthoc``."""
+    options: dict[str, Any] = {}
+    """The spec encoder's options that the spec fixes (compared only when that encoder is used)."""
+    init_std: float = Field(gt=0)
+    """Initial standard deviation of ``q_static`` and ``q_init`` (SPEC: 1.0)."""
+    input_proj_bias: bool
+    """Whether ``query_input_proj`` has a bias (SPEC: no: a bias drowns a small query)."""
+    correlation_fail: float = Field(0.999, gt=0, le=1)
+    """Mean correlation of the encoder's outputs for two different queries at or above which the query
+    counts as ignored (❌; SPEC "Failure modes": correlation ≈ 1)."""
+    correlation_warn: float = Field(0.95, gt=0, le=1)
+    """Mean correlation at or above which the outputs barely depend on the query (⚠️)."""
+    entropy_warn_ratio: float = Field(0.95, gt=0, le=1)
+    """Attention entropy / log(number of tokens) at or above which attention counts as near-uniform (⚠️)."""
+
+
+class WiringSpec(SpecTable):
+    tolerance: float = Field(1e-5, gt=0)
+    """Relative size of a change the wiring probes treat as float noise rather than a dependence."""
+
+
+class HeadSpec(SpecTable):
+    name: str
+    """The spec's prediction head (a registered head name): ``film``."""
+    options: dict[str, Any] = {}
+    """The spec head's options (compared only when that head is used)."""
+    prediction: Literal["full", "residual"]
+    """What the head predicts: the full next latent (SPEC) or a residual on the previous one."""
+
+
+class TrainingSpec(SpecTable):
+    batch_size: int = Field(ge=1)
+    """Clips per micro-batch (config ``training.batch_size``)."""
+    grad_accum: int = Field(ge=1)
+    """Micro-batches per optimizer step (``training.grad_accum``)."""
+    effective_batch: int = Field(ge=1)
+    """``batch_size × grad_accum``."""
+    lr: float = Field(gt=0)
+    """Peak AdamW learning rate (``training.lr``)."""
+    weight_decay: float = Field(ge=0)
+    """AdamW weight decay (``training.weight_decay``)."""
+    warmup_steps: int = Field(ge=0)
+    """Linear warm-up steps (``training.warmup_steps``)."""
+    max_steps: int = Field(ge=1)
+    """Optimizer steps (``training.max_steps``)."""
+    grad_clip: float = Field(ge=0)
+    """Global gradient-norm clip (``training.grad_clip``)."""
+    lambda_coarse: float = Field(ge=0)
+    """Weight of the pass-1 loss (``model.lambda_coarse``)."""
+    num_frames: int = Field(ge=2)
+    """Frames per clip, T (``data.num_frames``)."""
+    frame_size: int = Field(ge=1)
+    """Frame side in pixels (``data.frame_size``)."""
+    max_epochs: float = Field(gt=0)
+    """Most passes over the training clips: ``max_steps × effective batch / clips`` (SPEC: ≤ 1)."""
+
+    @model_validator(mode="after")
+    def _effective(self):
+        if self.effective_batch != self.batch_size * self.grad_accum:
+            raise ValueError(f"effective_batch ({self.effective_batch}) must equal batch_size × grad_accum "
+                             f"({self.batch_size} × {self.grad_accum})")
+        return self
+
+
+class PrecisionSpec(SpecTable):
+    dtype: Literal["float32", "bfloat16"]
+    """Autocast dtype (``precision.dtype``)."""
+
+
+class ResultsSpec(SpecTable):
+    marginal: float
+    """Improvement ``(loss_coarse − loss_fine) / loss_coarse`` below which foveation hurts (SPEC: 0)."""
+    solid: float
+    """Improvement from which the result is solid rather than marginal (SPEC: 0.05)."""
+    strong: float
+    """Improvement from which the result is strong (SPEC: 0.15)."""
+    equal_decimals: int = Field(3, ge=1)
+    """loss_fine equal to loss_coarse to this many decimals is the failure modes' symptom (⚠️)."""
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if not self.marginal <= self.solid <= self.strong:
+            raise ValueError(f"bands must be ordered: marginal ({self.marginal}) ≤ solid ({self.solid}) "
+                             f"≤ strong ({self.strong})")
+        return self
+
+
+class ResourcesSpec(SpecTable):
+    memory_gb: tuple[float, float]
+    """Estimated peak GPU memory, low and high, in GB at ``memory_batch_size`` (SPEC: 15–18)."""
+    memory_batch_size: int = Field(ge=1)
+    """The batch size the memory estimate is for (SPEC: 2)."""
+    data_wait_share_max: float = Field(0.2, ge=0, le=1)
+    """Largest acceptable share of step time spent waiting for data (``profile.json`` ``data_wait_share``)."""
+    gpu_util_min: float = Field(0.5, ge=0, le=1)
+    """Mean GPU utilisation below which the run is flagged (⚠️), as a fraction."""
+    gpu_util_fail_below: float = Field(0.1, ge=0, le=1)
+    """Mean GPU utilisation below which the GPU is idle for practical purposes (❌), as a fraction."""
+
+
+class Spec(SpecTable):
+    """The whole spec: one table per area the audit checks."""
+
+    name: str
+    """Short name of the spec, shown in the report."""
+    source: str = ""
+    """The document the values come from."""
+    components: dict[str, Component]
+    """``[components.<name>]``: every part whose trainability is checked; the name is the check's id."""
+    query: QuerySpec
+    """``[query]``: the query mechanism and its probes' thresholds."""
+    wiring: WiringSpec = WiringSpec()
+    """``[wiring]``: the two-pass wiring probes."""
+    head: HeadSpec
+    """``[head]``: the prediction head."""
+    training: TrainingSpec
+    """``[training]``: phase-1 training values."""
+    precision: PrecisionSpec
+    """``[precision]``: autocast dtype."""
+    results: ResultsSpec
+    """``[results]``: the success metric's bands."""
+    resources: ResourcesSpec
+    """``[resources]``: memory estimate and utilisation thresholds (read from ``profile.json``)."""
+    _path: Path | None = PrivateAttr(None)
+
+    @property
+    def path(self) -> Path | None:
+        """The file the spec was read from (set by ``load_spec``)."""
+        return self._path
+
+    @model_validator(mode="after")
+    def _one_vae(self):
+        if sum(c.location == "vae" for c in self.components.values()) > 1:
+            raise ValueError("at most one component can have location = 'vae'")
+        return self
+
+
+def resolve_spec_path(name: str | Path) -> Path:
+    """The spec file ``name`` names: as given, in the fovea checkout, or shipped with fovea."""
+    path = Path(name).expanduser()
+    candidates = [path] if path.is_absolute() else [path, REPO_ROOT / path, PACKAGED_SPECS / path.name]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    looked = ", ".join(str(c) for c in candidates)
+    raise ConfigError(f"spec file not found: {name} (looked in {looked}). Pass an existing TOML spec with "
+                      f"--spec FILE, e.g. {DEFAULT_SPEC}.")
+
+
+def load_spec(path: str | Path | None = None) -> Spec:
+    """Read and validate a spec TOML (default: ``configs/spec/foveated_vlm.toml``); ``ConfigError`` on mistakes."""
+    resolved = resolve_spec_path(path if path is not None else DEFAULT_SPEC)
+    try:
+        data = tomllib.loads(resolved.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{resolved}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{resolved}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, Spec, f"spec {resolved}")) from None
+    spec._path = resolved
+    return spec

@@ -172,6 +172,19 @@ def audit_command(
         raise typer.Exit(code=1)
 
 
+@app.command("viz")
+@user_errors
+def viz_command(
+    run_dir: Path = typer.Argument(..., help="A run directory, e.g. runs/latest.", show_default=False),
+    clips: int = typer.Option(2, "--clips", min=1, help="Clips to draw attention and predictions for."),
+) -> None:
+    """Draw what the model looks at and predicts, and its loss and entropy curves; writes PNGs into RUN_DIR/viz/."""
+    from fovea.audit.viz import visualize
+
+    for path in visualize(run_dir, clips):
+        typer.echo(f"wrote {path}")
+
+
 def main() -> None:
     app()
 

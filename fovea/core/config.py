@@ -58,6 +58,8 @@ class RunConfig(Section):
     """Show a progress bar with the live losses."""
     spec: str | None = None
     """The spec ``fovea audit`` checks this run against (a TOML file); unset: configs/spec/foveated_vlm.toml."""
+    tensorboard: bool = False
+    """Also write the logged scalars (and ``fovea viz``'s figures) to ``<run>/tensorboard/`` (needs ``pip install fovea[tensorboard]``)."""
 
 
 class DataConfig(PluginTable):

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
+from fovea.core.attention import STAT_KEYS, attention_stats
 from fovea.core.config import FoveaConfig, config_to_toml
 from fovea.core.errors import FoveaError
 from fovea.core.rundir import RunDir
@@ -114,16 +115,20 @@ def prepare_training(config: FoveaConfig, model: torch.nn.Module, device: torch.
                       device, DTYPES[config.precision.dtype])
 
 
-def train_step(state: TrainState, batches: Iterator[dict], timer: PhaseTimer) -> tuple[torch.Tensor, torch.Tensor]:
+def train_step(state: TrainState, batches: Iterator[dict], timer: PhaseTimer,
+               attention: bool = False) -> tuple[torch.Tensor, ...]:
     """One optimizer step over ``grad_accum`` micro-batches, its phases timed by ``timer``.
 
     Returns (loss, loss_fine, loss_coarse) averaged over the micro-batches, (3,), and the gradient norm
-    before clipping: both on the device. If a loss or the gradient is not finite, raises
-    ``NonFiniteStep`` before clipping and the optimizer (gradients cleared, weights, optimizer and
-    schedule untouched); checking costs one device sync per step.
+    before clipping: both on the device. ``attention=True`` (logging steps) also returns the attention
+    statistics ``fovea.core.attention.STAT_KEYS`` (4,), means over the step's clips and frames, read from
+    the forwards the step runs anyway (no extra forward, no random numbers drawn, so resume stays exact).
+    If a loss or the gradient is not finite, raises ``NonFiniteStep`` before clipping and the optimizer
+    (gradients cleared, weights, optimizer and schedule untouched); checking costs one device sync per step.
     """
     t = state.config.training
     losses = torch.zeros(3, device=state.device)
+    stats = torch.zeros(4, device=state.device) if attention else None
     micro_losses, clips = [], []
     for _ in range(t.grad_accum):
         with timer("data"):
@@ -132,11 +137,13 @@ def train_step(state: TrainState, batches: Iterator[dict], timer: PhaseTimer) ->
             latents = batch["latents"].to(state.device, non_blocking=True)  # (B, T, C, h, w)
         with timer("forward"), torch.autocast(state.device.type, dtype=state.dtype,
                                               enabled=state.dtype != torch.float32):
-            out = state.model(frames, latents)
+            out = state.model(frames, latents, return_attention=attention)
         with timer("backward"):
             (out.loss / t.grad_accum).backward()
         micro = torch.stack([out.loss, out.loss_fine, out.loss_coarse]).detach()   # (3,)
         losses += micro / t.grad_accum
+        if attention:
+            stats += attention_stats(out.attention_static.detach(), out.attention_dynamic.detach()) / t.grad_accum
         micro_losses.append(micro)
         clips.append(batch["index"].tolist() if "index" in batch else [])
     with timer("optimizer"):
@@ -152,7 +159,7 @@ def train_step(state: TrainState, batches: Iterator[dict], timer: PhaseTimer) ->
         state.optimizer.step()
         state.scheduler.step()
         state.optimizer.zero_grad(set_to_none=True)
-    return losses, grad_norm.detach()
+    return (losses, grad_norm.detach()) + ((stats,) if attention else ())
 
 
 @dataclass
@@ -218,8 +225,11 @@ def train(config: FoveaConfig, resume: RunDir | None = None, force: bool = False
     from fovea.core.checkpoint import check_settings, read_checkpoint, restore_rng, restore_training
     from fovea.core.loader import build_loader, sample_position, shutdown
     from fovea.core.model import build_model
+    from fovea.core.tensorboard import open_writer, require_tensorboard
 
     with contextlib.ExitStack() as stack:
+        if config.run.tensorboard:
+            require_tensorboard()
         checkpoint = kept_metrics = None
         if resume is not None:   # the cheap checks first
             stack.enter_context(resume.lock())
@@ -254,8 +264,9 @@ def train(config: FoveaConfig, resume: RunDir | None = None, force: bool = False
             run.summary_file.unlink(missing_ok=True)     # the run is not finished until it is
         run.write_json("data_report.json", cache.report())
         run.mark_latest()
+        writer = stack.enter_context(open_writer(run.path)) if config.run.tensorboard else None
         stop = stack.enter_context(stop_on_signals())
-        optimize(state, loader, run, progress, cache.clip_info, stop)
+        optimize(state, loader, run, progress, cache.clip_info, stop, writer)
         metrics = run.read_metrics()
         run.write_json("summary.json", summarize(config, model, len(cache), metrics[0] if metrics else None,
                                                  metrics[-1] if metrics else None, progress.elapsed_s,
@@ -288,11 +299,17 @@ def find_run_to_resume(target: str, config_path: Path | None, overrides: Iterabl
 
 
 def optimize(state: TrainState, loader, run: RunDir, progress: Progress,
-             clip_info: Callable[[], list[dict]] | None = None, stop: StopRequest | None = None) -> None:
-    """The optimisation loop from ``progress.step`` to ``max_steps``; writes metrics and checkpoints into ``run``."""
+             clip_info: Callable[[], list[dict]] | None = None, stop: StopRequest | None = None,
+             writer=None) -> None:
+    """The optimisation loop from ``progress.step`` to ``max_steps``; writes metrics and checkpoints into ``run``.
+
+    Each metrics line also holds the attention statistics of its own step's batch (``STAT_KEYS``);
+    ``writer`` (a TensorBoard ``SummaryWriter``) gets the line's numbers as scalars too.
+    """
     from tqdm.auto import tqdm
 
     from fovea.core.checkpoint import save_checkpoint
+    from fovea.core.tensorboard import log_scalars
 
     config, t = state.config, state.config.training
     stop = stop or StopRequest()
@@ -306,8 +323,10 @@ def optimize(state: TrainState, loader, run: RunDir, progress: Progress,
     with tqdm(total=t.max_steps, initial=progress.step, desc=f"fovea {config.run.name}",
               disable=not config.run.progress, unit="step") as bar:
         for step in range(progress.step + 1, t.max_steps + 1):
+            logging = step % config.run.log_every == 0 or step == t.max_steps
+            attention: list[torch.Tensor] = []
             try:
-                losses, grad_norm = train_step(state, batches, timer)
+                losses, grad_norm, *attention = train_step(state, batches, timer, attention=logging)
             except NonFiniteStep as exc:
                 report_nonfinite(exc, step, run, clip_info, "stopped" if t.on_nonfinite == "stop" else "skipped")
                 if t.on_nonfinite == "stop":
@@ -320,7 +339,7 @@ def optimize(state: TrainState, loader, run: RunDir, progress: Progress,
             progress.step, timed_steps = step, timed_steps + 1
             bar.update()
 
-            if step % config.run.log_every == 0 or step == t.max_steps:
+            if logging:
                 n = progress.interval_steps
                 means = (progress.sums / n).tolist() if n else [None] * 4    # syncs the device
                 loss, loss_fine, loss_coarse, gnorm = means
@@ -330,8 +349,11 @@ def optimize(state: TrainState, loader, run: RunDir, progress: Progress,
                           "lr": state.scheduler.get_last_lr()[0],
                           "samples_per_s": timed_steps * config.effective_batch_size / wall,
                           "data_wait_share": timer.pop().get("data", 0.0) / wall,
-                          "skipped_steps": progress.interval_skipped, "elapsed_s": elapsed()}
+                          "skipped_steps": progress.interval_skipped, "elapsed_s": elapsed(),
+                          **dict(zip(STAT_KEYS, attention[0].tolist() if attention else [None] * 4))}
                 run.append_metrics(record)
+                if writer is not None:
+                    log_scalars(writer, record)
                 if n:
                     bar.set_postfix(fine=f"{loss_fine:.4f}", coarse=f"{loss_coarse:.4f}")
                 progress.sums.zero_()

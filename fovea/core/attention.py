@@ -1,0 +1,48 @@
+"""Where the queries look: entropy and peak of an attention distribution, and its map over the patch grid.
+
+An attention row (``attention_static``/``attention_dynamic`` of ``FoveatedVLM.forward(...,
+return_attention=True)``, (B, T, K)) is a distribution over the encoder's tokens: the
+``encoder.num_prefix_tokens`` CLS and register tokens first, then the P patches in row-major order on a
+sqrt(P) x sqrt(P) grid, then (``deep`` with ``query_self_attention``) the query itself. Entropy is
+log K for a uniform row (the query looks everywhere) and 0 for a one-hot row (it looks at one token).
+Training logs these statistics (``metrics.jsonl``), ``fovea viz`` plots them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+STAT_KEYS = ("entropy_static", "entropy_dynamic", "peak_static", "peak_dynamic")
+
+
+def attention_entropy(attention: torch.Tensor) -> torch.Tensor:
+    """Rows summing to 1 (..., K) -> their entropy in nats (...), with 0 log 0 = 0; in float32."""
+    return torch.special.entr(attention.float()).sum(dim=-1)
+
+
+def attention_peak(attention: torch.Tensor) -> torch.Tensor:
+    """Rows summing to 1 (..., K) -> their largest weight (...), in float32."""
+    return attention.float().amax(dim=-1)
+
+
+def attention_stats(static: torch.Tensor, dynamic: torch.Tensor) -> torch.Tensor:
+    """Attention of both passes (B, T, K) -> ``STAT_KEYS`` as one tensor (4,), each a mean over B and T."""
+    return torch.stack([attention_entropy(static).mean(), attention_entropy(dynamic).mean(),
+                        attention_peak(static).mean(), attention_peak(dynamic).mean()])
+
+
+def patch_maps(attention: torch.Tensor, num_prefix_tokens: int, grid: int) -> torch.Tensor:
+    """Attention (..., K) -> its weights on the patches as images (..., grid, grid), row-major like the patches.
+
+    The CLS/register columns before the patches and a self column after them are left out, so a map
+    sums to the share of attention that went to the image itself.
+    """
+    patches = attention[..., num_prefix_tokens: num_prefix_tokens + grid * grid].float()   # (..., P)
+    return patches.unflatten(-1, (grid, grid))                                            # (..., g, g)
+
+
+def max_entropy(num_tokens: int) -> float:
+    """The entropy of the uniform distribution over ``num_tokens`` tokens, log K."""
+    return math.log(num_tokens)

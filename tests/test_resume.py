@@ -300,7 +300,7 @@ def test_run_command_mistakes(args, message):
 
 
 def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    original = checkpoint_module._write_file
+    original = checkpoint_module.write_synced
 
     def fills_up_at_step_4(path, write):
         if path.name == "training_state.pt" and "step-000004" in path.parent.name:
@@ -310,7 +310,7 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, m
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         original(path, write)
 
-    monkeypatch.setattr(checkpoint_module, "_write_file", fills_up_at_step_4)
+    monkeypatch.setattr(checkpoint_module, "write_synced", fills_up_at_step_4)
     overrides = tiny_overrides(tmp_path, **{"run.log_every": "1", "training.save_every": "2"})
     result = runner.invoke(app, ["run", str(QUICKSTART), *set_args(overrides)])
     assert result.exit_code == 2
@@ -320,7 +320,7 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, m
     assert [p.name for p in run.checkpoints()] == ["step-000002"] and read_checkpoint(run.latest_checkpoint).step == 2
     assert not list(run.checkpoints_dir.glob(".tmp-*"))
 
-    monkeypatch.setattr(checkpoint_module, "_write_file", original)
+    monkeypatch.setattr(checkpoint_module, "write_synced", original)
     resumed = runner.invoke(app, ["run", "--resume", str(run.path)])
     assert resumed.exit_code == 0, resumed.output
     assert [m["step"] for m in run.read_metrics()] == [1, 2, 3, 4]

@@ -428,7 +428,7 @@ def check_wiring(ev: "Evidence") -> list[Check]:
     checks.append(Check(
         "wiring.pass2_follows_pass1", "Pass-2 reads follow pass 1, one frame later", "wiring",
         "pass" if follows_ok else "fail",
-        expected=f"perturbing pass-1 output of frame t changes the pass-2 reads of frames > t only",
+        expected="perturbing pass-1 output of frame t changes the pass-2 reads of frames > t only",
         observed=observed,
         evidence=f"The pass-1 features of frame {t + 1} shifted by one standard deviation; the queries of the "
                  f"second attend call compared with an unperturbed forward, per frame (threshold "
@@ -903,7 +903,7 @@ def check_results(ev: "Evidence") -> list[Check]:
         "results.losses_differ", "loss_fine and loss_coarse differ", "results", "warn" if equal else "pass",
         expected=f"loss_fine ≠ loss_coarse beyond {spec.equal_decimals} significant decimals",
         observed=f"relative difference {abs(fine - coarse) / max(abs(coarse), 1e-12):.2e}",
-        evidence=f"the same window as the improvement",
+        evidence="the same window as the improvement",
         reason=("the symptom of the SPEC's failure modes (query too small or ignored, uniform attention, pass 2 "
                 "not fed by pass 1): see the wiring and query checks for the cause") if equal else "",
         recommendation="if the wiring and query checks pass, the model has not learnt to use the queries yet"

@@ -303,9 +303,7 @@ def render_table(report: dict[str, Any]) -> None:
 
 def write_profile(run: RunDir, report: dict[str, Any]) -> None:
     run.write_json("profile.json", report)
-    tmp = run.path / ".profile.md.tmp"
-    tmp.write_text(render_markdown(report), encoding="utf-8")
-    tmp.replace(run.path / "profile.md")
+    run.write_text("profile.md", render_markdown(report))
 
 
 def render_markdown(report: dict[str, Any]) -> str:

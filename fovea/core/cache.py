@@ -15,7 +15,6 @@ import json
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import torch
 from fovea.core.config import FoveaConfig
 from fovea.core.data import SkipClip, build_source, check_clip
 from fovea.core.errors import FoveaError
+from fovea.core.files import atomic_write
 
 CACHE_VERSION = 1
 MANIFEST = "manifest.json"
@@ -140,7 +140,7 @@ def build_cache(config: FoveaConfig, device: torch.device | str = "cpu", progres
         reasons = "; ".join(f"{s['source'] or s['index']}: {s['reason']}" for s in manifest["skipped"][:5])
         raise FoveaError(f"no clip of the '{config.data.name}' source could be read ({reasons}); "
                          f"check the files under [data] and the report in {root}")
-    _atomic_write(root / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    atomic_write(root / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
     return ClipCache(root)
 
 
@@ -181,7 +181,7 @@ def _write_shard(root: Path, shard: int, clips: list, skipped: list, vae, config
     info = [{"source": c.source, "frame_indices": c.frame_indices} for c in clips]
     metadata = {"clip_info": json.dumps(info), "skipped": json.dumps(skipped)}
     data = save({"frames": frames.contiguous(), "latents": latents.contiguous()}, metadata=metadata)
-    _atomic_write(shard_file(root, shard), data)
+    atomic_write(shard_file(root, shard), data)
 
 
 def _collect_manifest(root: Path, num_shards: int, vae_id: str) -> dict[str, Any]:
@@ -196,18 +196,3 @@ def _collect_manifest(root: Path, num_shards: int, vae_id: str) -> dict[str, Any
         skipped += json.loads(meta["skipped"])
         total += count
     return {"version": CACHE_VERSION, "num_clips": total, "vae": vae_id, "shards": shards, "skipped": skipped}
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temp file, fsync, rename: ``path`` is complete or absent, never half-written."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

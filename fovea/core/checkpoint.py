@@ -18,12 +18,13 @@ import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from fovea.core.config import FoveaConfig
 from fovea.core.errors import FoveaError
+from fovea.core.files import fsync_path, write_synced
 from fovea.core.rundir import CHECKPOINT_INFO, RunDir, checkpoint_name
 
 if TYPE_CHECKING:
@@ -90,21 +91,21 @@ def save_checkpoint(run: RunDir, step: int, state: "TrainState", loader_state: d
         _remove_leftovers(root)
         tmp.mkdir()
         save_model(state.model, str(tmp / MODEL))
-        _fsync(tmp / MODEL)
+        fsync_path(tmp / MODEL)
         training_state = {"optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
                           "rng": capture_rng(), "progress": progress}
-        _write_file(tmp / TRAINING_STATE, lambda f: torch.save(training_state, f))   # streamed: no copy in memory
-        _write_file(tmp / LOADER_STATE, lambda f: f.write(json.dumps(loader_state).encode()))
+        write_synced(tmp / TRAINING_STATE, lambda f: torch.save(training_state, f))   # streamed: no copy in memory
+        write_synced(tmp / LOADER_STATE, lambda f: f.write(json.dumps(loader_state).encode()))
         files = {path.name: {"bytes": path.stat().st_size, "sha256": _sha256(path)} for path in sorted(tmp.iterdir())}
         info = {"format": FORMAT, "step": step, "settings": fixed_settings(state.config), "files": files}
-        _write_file(tmp / CHECKPOINT_INFO, lambda f: f.write((json.dumps(info, indent=2) + "\n").encode()))
-        _fsync(tmp)
+        write_synced(tmp / CHECKPOINT_INFO, lambda f: f.write((json.dumps(info, indent=2) + "\n").encode()))
+        fsync_path(tmp)
         if run.metrics_file.is_file():
-            _fsync(run.metrics_file)   # the lines up to this step survive a power cut as well
+            fsync_path(run.metrics_file)   # the lines up to this step survive a power cut as well
         if final.exists():             # the same step saved again: replace it
             _discard(final)
         os.rename(tmp, final)
-        _fsync(root)
+        fsync_path(root)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         previous = run.checkpoints()
@@ -213,23 +214,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _write_file(path: Path, write: Callable[[BinaryIO], Any]) -> None:
-    """Create ``path``, let ``write`` fill it, and fsync it."""
-    with open(path, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file's or a directory's entries to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _discard(path: Path) -> None:

@@ -123,12 +123,10 @@ class RunDir:
 
     def write_json(self, name: str, data: Any) -> None:
         """Write ``name`` atomically: readers see the old file or the new one, never half of one."""
-        tmp = self.path / f".{name}.tmp"
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, self.path / name)
+        self.write_text(name, json.dumps(data, indent=2) + "\n")
 
     def write_text(self, name: str, text: str) -> None:
-        """Write the text file ``name`` atomically (``audit.md``), like ``write_json``."""
+        """Write the text file ``name`` atomically (``audit.md``, ``profile.md``)."""
         tmp = self.path / f".{name}.tmp"
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, self.path / name)

@@ -60,13 +60,13 @@ def load_vae(pretrained: str | Path, device: torch.device | str = "cpu"):
 
 
 @torch.no_grad()
-def encode_latents(vae, frames: torch.Tensor, batch_size: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 frames (N, 3, H, W) -> float32 latents (N, C, h, w), ``batch_size`` frames per forward."""
+def encode_latents(vae, frames: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """uint8 frames (N, 3, H, W) -> float32 latents (N, C, h, w), ``batch_size`` frames per forward
+    (in float32 on every device: the targets are made once and must not depend on where)."""
     device = next(vae.parameters()).device
     latents = []
     for chunk in frames.split(batch_size):  # chunks of frames, not one frame at a time
         pixels = chunk.to(device, non_blocking=True).float().div(127.5).sub(1.0)   # [-1, 1] as SD expects
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            mean = vae.encode(pixels).latent_dist.mean
+        mean = vae.encode(pixels).latent_dist.mean
         latents.append((mean.float() * vae.config.scaling_factor).cpu())
     return torch.cat(latents)

@@ -1,0 +1,32 @@
+"""Durable file writes shared by the clip cache and checkpoints: fsync, and write-then-rename."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+
+def write_synced(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Create ``path``, let ``write`` fill it, and fsync it."""
+    with open(path, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's or a directory's entries to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temp file, fsync, rename: ``path`` is complete or absent, never half-written."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write_synced(tmp, lambda f: f.write(data))
+    os.replace(tmp, path)
+    fsync_path(path.parent)

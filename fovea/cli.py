@@ -49,6 +49,13 @@ def user_errors(command: Callable) -> Callable:
     return wrapper
 
 
+def is_main_process() -> bool:
+    """True except in the ranks > 0 of a torchrun job."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
 @app.command("run")
 @user_errors
 def run_command(
@@ -64,6 +71,7 @@ def run_command(
     """Train the model a config describes; writes runs/<timestamp>-<name>/ and points runs/latest at it.
 
     Stopped by Ctrl-C or SIGTERM, it finishes the step, saves a checkpoint and exits with 130/143.
+    On several GPUs: `torchrun --nproc_per_node=N -m fovea run CONFIG` (README "Multi-GPU").
     """
     from fovea.core.config import load_config
     from fovea.core.train import RunInterrupted, find_run_to_resume, train
@@ -76,8 +84,11 @@ def run_command(
     try:
         run = train(cfg, resume=run_dir, force=force)
     except RunInterrupted as exc:
-        typer.echo(str(exc), err=True)
+        if is_main_process():
+            typer.echo(str(exc), err=True)
         raise typer.Exit(code=128 + exc.signal_number) from None
+    if not is_main_process():   # under torchrun rank 0 speaks for the job
+        return
     last = run.read_metrics()[-1]
     losses = (f"loss_fine {last['loss_fine']:.4f}  loss_coarse {last['loss_coarse']:.4f}"
               if last["loss_fine"] is not None else "every step of the last interval was skipped (NaN/inf)")
@@ -109,13 +120,17 @@ def profile_command(
     warmup: int = typer.Option(3, "--warmup", min=0, help="Steps run first and not measured."),
     overrides: List[str] = SetOption,
 ) -> None:
-    """Measure where step time and memory go; writes profile.json and profile.md into the run directory."""
+    """Measure where step time and memory go; writes profile.json and profile.md into the run directory.
+
+    Under torchrun it reports every rank's figures and the slowest rank.
+    """
     from fovea.audit.profile import profile, profile_target, render_table
 
     cfg, run = profile_target(config, overrides)
     report = profile(cfg, run, steps=steps, warmup=warmup)
-    render_table(report)
-    typer.echo(f"wrote {run.path / 'profile.json'} and profile.md")
+    if is_main_process():
+        render_table(report)
+        typer.echo(f"wrote {Path(report['run']) / 'profile.json'} and profile.md")
 
 
 @config_app.command("show")

@@ -775,24 +775,29 @@ def check_head(ev: "Evidence") -> list[Check]:
 
 # --------------------------------------------------------------------------- 5. training configuration
 
-# spec key -> (title, how to read it from the config, impact when it differs)
-TRAINING_VALUES: list[tuple[str, str, Callable[[Any], Any], str]] = [
-    ("batch_size", "Batch size", lambda c: c.training.batch_size,
+# spec key -> (title, how to read it from the run's evidence, impact when it differs)
+TRAINING_VALUES: list[tuple[str, str, Callable[["Evidence"], Any], str]] = [
+    ("batch_size", "Batch size", lambda ev: ev.config.training.batch_size,
      "changes memory use (the spec's estimate is for batch 2) and, with grad_accum, the effective batch"),
-    ("grad_accum", "Gradient accumulation", lambda c: c.training.grad_accum,
+    ("grad_accum", "Gradient accumulation", lambda ev: ev.config.training.grad_accum,
      "changes the effective batch, and with it gradient noise and the learning rate that fits"),
-    ("effective_batch", "Effective batch", lambda c: c.effective_batch_size,
+    ("effective_batch", "Effective (global) batch", lambda ev: ev.config.global_batch_size(ev.world_size),
      "gradient noise, the learning rate that fits, and how many clips max_steps reads"),
-    ("lr", "Learning rate", lambda c: c.training.lr, "a different optimisation trajectory; results not comparable to the spec's"),
-    ("weight_decay", "Weight decay", lambda c: c.training.weight_decay, "different regularisation"),
-    ("warmup_steps", "Warm-up steps", lambda c: c.training.warmup_steps,
+    ("lr", "Learning rate", lambda ev: ev.config.training.lr,
+     "a different optimisation trajectory; results not comparable to the spec's"),
+    ("weight_decay", "Weight decay", lambda ev: ev.config.training.weight_decay, "different regularisation"),
+    ("warmup_steps", "Warm-up steps", lambda ev: ev.config.training.warmup_steps,
      "the improvement is measured after warm-up; a shorter warm-up risks early instability"),
-    ("max_steps", "Training steps", lambda c: c.training.max_steps, "a shorter or longer run than the spec's phase 1"),
-    ("grad_clip", "Gradient clipping", lambda c: c.training.grad_clip, "different stability against gradient spikes"),
-    ("lambda_coarse", "λ_coarse", lambda c: c.model.lambda_coarse,
+    ("max_steps", "Training steps", lambda ev: ev.config.training.max_steps,
+     "a shorter or longer run than the spec's phase 1"),
+    ("grad_clip", "Gradient clipping", lambda ev: ev.config.training.grad_clip,
+     "different stability against gradient spikes"),
+    ("lambda_coarse", "λ_coarse", lambda ev: ev.config.model.lambda_coarse,
      "a different weight of the pass-1 loss: changes what the queries learn"),
-    ("num_frames", "Frames per clip (T)", lambda c: c.data.num_frames, "a different sequence length per clip"),
-    ("frame_size", "Frame size", lambda c: c.data.frame_size, "fewer or more patches per frame than the spec's 16×16"),
+    ("num_frames", "Frames per clip (T)", lambda ev: ev.config.data.num_frames,
+     "a different sequence length per clip"),
+    ("frame_size", "Frame size", lambda ev: ev.config.data.frame_size,
+     "fewer or more patches per frame than the spec's 16×16"),
 ]
 
 
@@ -801,13 +806,20 @@ def check_training(ev: "Evidence") -> list[Check]:
     spec, config = ev.spec.training, ev.config
     checks: list[Check] = []
     for key, title, read, impact in TRAINING_VALUES:
-        expected, observed = getattr(spec, key), read(config)
+        expected, observed = getattr(spec, key), read(ev)
         same = _same(observed, expected)
+        shown = _fmt(observed)
+        evidence = "the run's config.toml"
+        if key == "effective_batch":   # the global batch: what one optimizer step averages over
+            shown += (f" ({config.training.batch_size} × {config.training.grad_accum} × {ev.world_size} "
+                      f"processes)" if ev.world_size > 1 else "")
+            evidence = "batch_size × grad_accum from config.toml × the world size in summary.json"
         checks.append(Check(
             f"training.{key}", title, "training", "pass" if same else "warn",
-            expected=_fmt(expected), observed=_fmt(observed) if same else f"{_fmt(observed)} (spec {_fmt(expected)})",
-            evidence="the run's config.toml", reason="" if same else impact, label="" if same else "MODIFIED",
-            recommendation="" if same else f"`{key} = {_fmt(expected)}`"))
+            expected=_fmt(expected), observed=shown if same else f"{shown} (spec {_fmt(expected)})",
+            evidence=evidence, reason="" if same else impact, label="" if same else "MODIFIED",
+            recommendation="" if same else (f"batch_size × grad_accum × processes = {_fmt(expected)}"
+                                            if key == "effective_batch" else f"`{key} = {_fmt(expected)}`")))
     dtype = config.precision.dtype
     same = dtype == ev.spec.precision.dtype
     checks.append(Check(
@@ -827,18 +839,19 @@ def check_training(ev: "Evidence") -> list[Check]:
                             observed="the number of training clips is not in summary.json or data_report.json",
                             reason="cannot tell how many passes over the data the run made"))
         return checks
-    epochs = config.training.max_steps * config.effective_batch_size / clips
+    batch = config.global_batch_size(ev.world_size)
+    epochs = config.training.max_steps * batch / clips
     ok = epochs <= spec.max_epochs
     checks.append(Check(
         "training.epochs", "Epochs over the training clips", "training", "pass" if ok else "warn",
-        expected=f"max_steps × effective batch / clips ≤ {_fmt(spec.max_epochs)} (SPEC: do not train past one epoch)",
-        observed=(f"{config.training.max_steps} × {config.effective_batch_size} / {int(clips)} clips = "
+        expected=f"max_steps × global batch / clips ≤ {_fmt(spec.max_epochs)} (SPEC: do not train past one epoch)",
+        observed=(f"{config.training.max_steps} × {batch} / {int(clips)} clips = "
                   f"{epochs:.2f} epochs"),
         evidence="max_steps and batch from config.toml, clips from summary.json",
         reason="" if ok else "SPEC \"Failure modes\": several epochs on a small set — the model memorises the clips "
                "and the eval loss rises",
-        recommendation="" if ok else (f"more clips (≥ {math.ceil(config.training.max_steps * config.effective_batch_size / spec.max_epochs)}) "
-                                      f"or fewer steps (≤ {int(clips * spec.max_epochs // config.effective_batch_size)})"),
+        recommendation="" if ok else (f"more clips (≥ {math.ceil(config.training.max_steps * batch / spec.max_epochs)}) "
+                                      f"or fewer steps (≤ {int(clips * spec.max_epochs // batch)})"),
         label="" if ok else "SEVERAL EPOCHS", measurements={"epochs": epochs, "num_clips": clips}))
     return checks
 

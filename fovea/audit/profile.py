@@ -5,6 +5,9 @@ optimizer and precision as ``fovea run``), with the device synchronised at every
 time lands in the phase that queued it. The model's parts are timed from outside through the encoder
 contract (``encode``/``attend``) and module hooks (LLM, head), so any plugin is profiled the same way.
 Writes ``profile.json`` and ``profile.md`` into the run directory, where ``fovea audit`` reads them.
+
+Under torchrun every rank profiles its own share of the distributed step; rank 0 writes its report
+with every rank's headline figures (``ranks``) and the slowest rank, which sets the pace of all.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ PHASES = ("data_wait", "encode", "attend_pass1", "attend_pass2", "llm", "head", 
           "backward", "optimizer")
 DATA_BOUND_SHARE = 0.20   # more of the step than this waiting for data: the loader is the bottleneck
 LOW_GPU_UTIL = 50.0       # percent
+IMBALANCE = 0.10          # a rank this much slower than the fastest (median step) holds the others back
 
 
 @contextlib.contextmanager
@@ -69,17 +73,31 @@ def measure_micro_batch(state, batch: dict[str, torch.Tensor]) -> tuple[float, f
         saved[storage.data_ptr()] = storage.nbytes()   # a storage saved twice is held once
         return tensor
 
-    model = state.model
+    weights: set[int] = set()
+
+    def note_weights(module: torch.nn.Module, args) -> None:   # FSDP2 has gathered them by now
+        weights.update(_storage(p) for p in module.parameters(recurse=False))
+
     frames, latents = batch["frames"].to(state.device), batch["latents"].to(state.device)
-    with FlopCounterMode(display=False) as counter:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), \
-                torch.autocast(state.device.type, dtype=state.dtype, enabled=state.dtype != torch.float32):
-            out = model(frames, latents)
-        out.loss.backward()
-    model.zero_grad(set_to_none=True)
-    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    activations = sum(size for ptr, size in saved.items() if ptr not in parameters)   # weights are not activations
+    hooks = [module.register_forward_pre_hook(note_weights) for module in state.module.modules()]
+    try:
+        with FlopCounterMode(display=False) as counter:
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), \
+                    torch.autocast(state.device.type, dtype=state.dtype, enabled=state.dtype != torch.float32):
+                out = state.model(frames, latents)
+            out.loss.backward()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    state.model.zero_grad(set_to_none=True)
+    activations = sum(size for ptr, size in saved.items() if ptr not in weights)   # weights are not activations
     return float(counter.get_total_flops()), float(activations)
+
+
+def _storage(tensor: torch.Tensor) -> int:
+    from torch.distributed.tensor import DTensor
+
+    return (tensor.to_local() if isinstance(tensor, DTensor) else tensor).untyped_storage().data_ptr()
 
 
 def probe_largest_batch(state, cache, config: FoveaConfig) -> int | None:
@@ -87,7 +105,7 @@ def probe_largest_batch(state, cache, config: FoveaConfig) -> int | None:
     the memory model's guess first, then halving towards the configured batch on an OOM."""
     device = state.device
     free = torch.cuda.mem_get_info(device)[0] / GB
-    per_clip = memory_model(config, state.model)["activations_per_clip_gb"]
+    per_clip = memory_model(config, state.module)["activations_per_clip_gb"]
     if not per_clip:
         return None
     size = min(len(cache), config.training.batch_size + int(0.9 * free / per_clip))
@@ -112,18 +130,39 @@ def stats(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(ordered), "p90": p90, "mean": statistics.mean(ordered)}
 
 
-def profile(config: FoveaConfig, run: RunDir, steps: int, warmup: int) -> dict[str, Any]:
-    """Profile ``steps`` training steps after ``warmup``; write profile.json/.md into ``run``; return the figures."""
+def profile(config: FoveaConfig, run: RunDir | None, steps: int, warmup: int) -> dict[str, Any]:
+    """Profile ``steps`` training steps after ``warmup``; write profile.json/.md into ``run`` (None: a new
+    run directory, made by rank 0 under torchrun); return the figures (rank 0's, with every rank's)."""
+    from fovea.core import distributed
+    from fovea.core.train import resolve_device
+
+    device = resolve_device(config.run.device)
+    with distributed.process_group(config.distributed.backend, device) as world:
+        if run is None:
+            run = distributed.from_main(lambda: RunDir.create(config))
+        report = _profile_steps(config, device, world, steps, warmup)
+        ranks = distributed.gather(rank_figures(report, world.rank))
+        report["world_size"] = world.world_size
+        if world.world_size > 1:
+            report["ranks"] = ranks
+            report["slowest_rank"] = max(ranks, key=lambda r: r["step_s_median"])["rank"]
+        report["diagnosis"] = diagnose(config, report)
+        distributed.on_main(lambda: write_profile(run, report))
+    report["run"] = str(run.path)
+    return report
+
+
+def _profile_steps(config: FoveaConfig, device: torch.device, world, steps: int, warmup: int) -> dict[str, Any]:
+    from fovea.core import distributed
     from fovea.core.cache import build_cache
     from fovea.core.loader import build_loader, shutdown
     from fovea.core.model import build_model
-    from fovea.core.train import prepare_training, resolve_device, seed_everything, train_step
+    from fovea.core.train import prepare_training, seed_everything, train_step
 
-    device = resolve_device(config.run.device)
-    seed_everything(config.run.seed)
-    model = build_model(config).to(device).train()
-    cache = build_cache(config, device, progress=config.run.progress)
-    loader = build_loader(cache, config, device)
+    seed_everything(config.run.seed + world.rank)
+    model = distributed.main_first(lambda: build_model(config)).to(device).train()
+    cache = distributed.main_first(lambda: build_cache(config, device, progress=config.run.progress and world.is_main))
+    loader = build_loader(cache, config, device, rank=world.rank, world_size=world.world_size)
     state = prepare_training(config, model, device)
     timer = PhaseTimer(device, sync=True)
     batches = iter(loader)
@@ -150,28 +189,38 @@ def profile(config: FoveaConfig, run: RunDir, steps: int, warmup: int) -> dict[s
                 per_step.append({"step_s": step_s, **{p: phases.get(p, 0.0) for p in PHASES}})
             sampler.stop()
         flops, activations = measure_micro_batch(state, next(batches))
-        largest = probe_largest_batch(state, cache, config) if device.type == "cuda" else None
+        # The OOM probe would leave ranks in different collectives; profile one process to get it.
+        probe = device.type == "cuda" and world.world_size == 1
+        largest = probe_largest_batch(state, cache, config) if probe else None
     finally:
         shutdown(loader)
 
+    shards = world.world_size if distributed.is_sharded(state.model) else 1
     report = summarize(config, model, device, per_step, sampler.summary(), flops * config.training.grad_accum,
-                       activations, steps, warmup)
+                       activations, steps, warmup, world.world_size, shards)
     report["memory"]["largest_batch_that_fits"] = largest
-    report["diagnosis"] = diagnose(config, report)
-    write_profile(run, report)
     return report
+
+
+def rank_figures(report: dict[str, Any], rank: int) -> dict[str, Any]:
+    """The headline figures of one rank's profile, gathered on rank 0 under torchrun."""
+    return {"rank": rank, "device": report["device"], "step_s_median": report["step_s"]["median"],
+            "step_s_p90": report["step_s"]["p90"], "data_wait_share": report["data_wait_share"],
+            "phases_median_s": {p: report["phases_s"][p]["median"] for p in PHASES},
+            "peak_memory_gb": report["peak_memory_gb"], "gpu_util_mean": report["gpu_util_mean"]}
 
 
 def summarize(config: FoveaConfig, model, device: torch.device, per_step: list[dict[str, float]],
               resources: dict[str, Any], flops_per_step: float, activation_bytes: float, steps: int,
-              warmup: int) -> dict[str, Any]:
+              warmup: int, world_size: int = 1, shards: int = 1) -> dict[str, Any]:
+    """One process's figures; throughput counts the global batch (all ``world_size`` processes)."""
     step = stats([s["step_s"] for s in per_step])
     phases = {p: stats([s[p] for s in per_step]) for p in PHASES}
     total = sum(s["step_s"] for s in per_step)
     share = {p: sum(s[p] for s in per_step) / total for p in PHASES}
     unaccounted = 1.0 - sum(share.values())
-    clips = config.effective_batch_size
-    memory = {"model": memory_model(config, model), "spec_estimate_gb": [15.0, 18.0],
+    clips = config.global_batch_size(world_size)
+    memory = {"model": memory_model(config, model, shards), "sharded_over": shards, "spec_estimate_gb": [15.0, 18.0],
               "activations_saved_gb": activation_bytes / GB, "measured": None}
     gpu_name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     if device.type == "cuda":
@@ -183,6 +232,7 @@ def summarize(config: FoveaConfig, model, device: torch.device, per_step: list[d
     report = {
         "config": config.run.name, "device": gpu_name or "cpu", "steps": steps, "warmup": warmup,
         "batch": {"batch_size": config.training.batch_size, "grad_accum": config.training.grad_accum,
+                  "world_size": world_size, "global_batch": clips,
                   "num_frames": config.data.num_frames, "frame_size": config.data.frame_size,
                   "dtype": config.precision.dtype, "num_workers": config.data.num_workers},
         "step_s": step,
@@ -211,7 +261,8 @@ def _gpu_util(resources: dict[str, Any]) -> float | None:
 def diagnose(config: FoveaConfig, report: dict[str, Any]) -> list[dict[str, str]]:
     """Findings with what to change, most important first."""
     findings = []
-    wait = report["data_wait_share"]
+    ranks = report.get("ranks") or []
+    wait = max([report["data_wait_share"]] + [r["data_wait_share"] for r in ranks])   # the worst rank's
     if wait > DATA_BOUND_SHARE:
         findings.append({"kind": "data-bound", "severity": "warn", "message": (
             f"data-bound: {wait:.0%} of step time is spent waiting for data (threshold {DATA_BOUND_SHARE:.0%}). "
@@ -246,17 +297,35 @@ def diagnose(config: FoveaConfig, report: dict[str, Any]) -> list[dict[str, str]
             f"(weights {model['parameters_gb']:.2f}, gradients {model['gradients_gb']:.2f}, AdamW "
             f"{model['optimizer_gb']:.2f}, activations {model['activations_gb']:.2f}); no GPU to compare with.")})
 
+    if ranks:
+        slowest = next(r for r in ranks if r["rank"] == report["slowest_rank"])
+        fastest = min(r["step_s_median"] for r in ranks)
+        gap = slowest["step_s_median"] / fastest - 1
+        if gap > IMBALANCE:
+            data_bound = slowest["data_wait_share"] > DATA_BOUND_SHARE
+            cause = ("it waits for data: raise data.num_workers on its node" if data_bound
+                     else "not for data: check its device (clocks, other processes) and its node's load")
+            findings.append({"kind": "imbalance", "severity": "warn", "message": (
+                f"rank {slowest['rank']} is the slowest, {gap:.0%} behind the fastest (median step "
+                f"{1000 * slowest['step_s_median']:.1f} ms vs {1000 * fastest:.1f} ms), and every rank waits for "
+                f"it at each gradient reduction; {cause}.")})
+        else:
+            findings.append({"kind": "ranks", "severity": "ok", "message": (
+                f"{len(ranks)} ranks within {gap:.0%} of each other (median step); the slowest is rank "
+                f"{slowest['rank']} at {1000 * slowest['step_s_median']:.1f} ms.")})
+
     if report["unaccounted_share"] > 0.10:
         findings.append({"kind": "overhead", "severity": "warn", "message": (
             f"{report['unaccounted_share']:.0%} of step time is outside the timed phases: loop overhead.")})
     return findings
 
 
-def profile_target(config_path, overrides=()) -> tuple[FoveaConfig, RunDir]:
+def profile_target(config_path, overrides=()) -> tuple[FoveaConfig, RunDir | None]:
     """The config to profile and the run directory to write into.
 
-    With a config: a new run directory of its own (``runs/latest`` keeps naming the last training run).
-    Without: the config of ``runs/latest``, and the profile goes into that run, beside its metrics.
+    With a config: None, a new run directory of its own that ``profile`` makes (``runs/latest`` keeps
+    naming the last training run). Without: the config of ``runs/latest``, and the profile goes into
+    that run, beside its metrics.
     """
     from pathlib import Path
 
@@ -272,7 +341,7 @@ def profile_target(config_path, overrides=()) -> tuple[FoveaConfig, RunDir]:
         return load_config(run.config_file, overrides), run
     config = load_config(config_path, overrides)
     config.run.name = f"{config.run.name}-profile"
-    return config, RunDir.create(config)
+    return config, None
 
 
 def render_table(report: dict[str, Any]) -> None:
@@ -297,8 +366,29 @@ def render_table(report: dict[str, Any]) -> None:
     util_text = "no GPU" if util is None else f"{util:.0f}%"
     console.print(f"samples/s {report['samples_per_s']:.1f}  frames/s {report['frames_per_s']:.1f}  "
                   f"data wait {report['data_wait_share']:.1%}  MFU {mfu_text}  GPU util {util_text}")
+    if report.get("ranks"):
+        ranks = Table(title=f"per rank ({report['world_size']} processes; the table above is rank 0's)")
+        for column in RANK_COLUMNS:
+            ranks.add_column(column, justify="right")
+        for row in rank_rows(report):
+            ranks.add_row(*row)
+        console.print(ranks)
     for finding in report["diagnosis"]:
         console.print(f"[{finding['severity']}] {finding['message']}", markup=False)
+
+
+RANK_COLUMNS = ("rank", "median step ms", "p90 step ms", "data wait", "peak GPU GB", "GPU util")
+
+
+def rank_rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
+    """One row of ``RANK_COLUMNS`` per rank; the slowest is marked."""
+    def maybe(value, fmt: str) -> str:
+        return "n/a" if value is None else format(value, fmt)
+
+    return [(f"{r['rank']}{' (slowest)' if r['rank'] == report['slowest_rank'] else ''}",
+             f"{1000 * r['step_s_median']:.1f}", f"{1000 * r['step_s_p90']:.1f}", f"{r['data_wait_share']:.1%}",
+             maybe(r["peak_memory_gb"], ".2f"), maybe(r["gpu_util_mean"], ".0f"))
+            for r in report["ranks"]]
 
 
 def write_profile(run: RunDir, report: dict[str, Any]) -> None:
@@ -331,6 +421,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     cores = report["resources"]["cpu_percent_per_core"]
     lines.append(f"- CPU per core (mean %): {', '.join(f'{c:.0f}' for c in cores) or 'not sampled'}")
     model, measured = report["memory"]["model"], report["memory"]["measured"]
+    if report.get("ranks"):
+        lines += ["", f"## Ranks ({report['world_size']} processes; the figures above are rank 0's)", "",
+                  "| " + " | ".join(RANK_COLUMNS) + " |", "|" + "---:|" * len(RANK_COLUMNS)]
+        lines += ["| " + " | ".join(row) + " |" for row in rank_rows(report)]
     lines += ["", "## Memory", "", "| part | GB |", "|---|---:|"]
     lines += [f"| {k.removesuffix('_gb')} | {v:.3f} |" for k, v in model.items() if k != "activations_per_clip_gb"]
     lines.append(f"| activations saved for backward (measured, one micro-batch) | "

@@ -32,8 +32,9 @@ def bf16_peak_flops(device_name: str) -> float | None:
     return next((flops for key, flops in BF16_PEAK_FLOPS if key in device_name), None)
 
 
-def memory_model(config, model: torch.nn.Module) -> dict[str, float]:
-    """Estimated training memory in GB, by part, for the configured batch and precision."""
+def memory_model(config, model: torch.nn.Module, shards: int = 1) -> dict[str, float]:
+    """Estimated training memory in GB of one process, by part, for the configured batch and precision;
+    ``shards``: processes that FSDP2 splits weights, gradients and optimizer state over."""
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     act_bytes = 2 if config.precision.dtype == "bfloat16" else 4
@@ -56,12 +57,12 @@ def memory_model(config, model: torch.nn.Module) -> dict[str, float]:
     activations = (encoder + language + head) * act_bytes + weight_copies
 
     return {
-        "parameters_gb": params * 4 / GB,
-        "gradients_gb": trainable * 4 / GB,
-        "optimizer_gb": trainable * 8 / GB,                         # AdamW: exp_avg and exp_avg_sq, fp32
+        "parameters_gb": params * 4 / shards / GB,
+        "gradients_gb": trainable * 4 / shards / GB,
+        "optimizer_gb": trainable * 8 / shards / GB,                # AdamW: exp_avg and exp_avg_sq, fp32
         "activations_gb": activations / GB,
         "activations_per_clip_gb": (encoder + language + head) * act_bytes / GB / B,
-        "total_gb": (params * 4 + trainable * 12 + activations) / GB,
+        "total_gb": ((params * 4 + trainable * 12) / shards + activations) / GB,
     }
 
 

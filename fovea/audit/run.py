@@ -56,6 +56,14 @@ class Evidence:
     batch_origin: str                 # which clips the probes read
     batch_is_real: bool = True
 
+    @property
+    def world_size(self) -> int:
+        """Processes that trained the run (torchrun); runs from before multi-process training record none: 1."""
+        for source in (self.summary, self.env or {}):
+            if isinstance(source.get("world_size"), int) and source["world_size"] >= 1:
+                return source["world_size"]
+        return 1
+
 
 def audit_run(run_dir: str | Path, spec_path: str | Path | None = None, groups: list | None = None):
     """Read ``run_dir``, check it against the spec; returns ``(evidence, checks)``.
@@ -86,7 +94,7 @@ def load_evidence(run_dir: str | Path, spec_path: str | Path | None = None) -> E
     data_report = read_json(run.data_report_file)
     profile = read_json(run.profile_file)
     checkpoint = run.checkpoint_file   # the newest complete checkpoint's weights; a FoveaError if none
-    if not checkpoint.is_file():
+    if not checkpoint.exists():
         raise FoveaError(f"{checkpoint}: missing; the run's newest checkpoint has no weights. Restore the file, "
                          f"or train again with `fovea run {run.config_file}`")
 
@@ -141,13 +149,26 @@ def read_metrics(run: RunDir) -> list[dict[str, Any]]:
 
 
 def load_checkpoint(model: torch.nn.Module, path: Path) -> list[str]:
-    """Load ``model.safetensors`` into ``model``; returns the names of tensors the model does not have.
+    """Load ``model.safetensors`` (or an FSDP run's ``sharded/`` directory) into ``model``; returns the
+    names of tensors the model does not have.
 
     Tensors named ``vae.*`` are returned for the VAE check to report; a checkpoint that misses any of
     the model's tensors, or holds other foreign ones, was not written for this config: an error.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_model
+
+    if path.is_dir():
+        from fovea.core.checkpoint import load_sharded_weights
+
+        try:
+            load_sharded_weights(model, path)
+        except Exception as exc:  # DCP reports a missing file, a missing key or a shape mismatch in many ways
+            reason = " ".join(str(exc).split())[:300]
+            raise FoveaError(f"{path}: the sharded checkpoint does not load into the model that config.toml "
+                             f"builds ({type(exc).__name__}: {reason}); it is damaged or comes from another "
+                             f"config") from None
+        return []
 
     try:
         missing, unexpected = load_model(model, str(path), strict=False)

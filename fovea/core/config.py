@@ -154,6 +154,14 @@ class PrecisionConfig(Section):
     """Autocast dtype for forward passes on CPU and CUDA; weights and optimizer stay float32 (SPEC: bfloat16)."""
 
 
+class DistributedConfig(Section):
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    """Under torchrun: ``ddp`` keeps a full copy of the model per process (DistributedDataParallel); ``fsdp``
+    shards weights, gradients and optimizer state across processes (FSDP2 ``fully_shard``)."""
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    """Process-group backend: ``auto`` is NCCL on CUDA and gloo on CPU."""
+
+
 class FoveaConfig(Section):
     """The whole run: one root model whose sections mirror the TOML tables."""
 
@@ -167,6 +175,8 @@ class FoveaConfig(Section):
     """``[training]``: optimisation."""
     precision: PrecisionConfig = PrecisionConfig()
     """``[precision]``: autocast dtype."""
+    distributed: DistributedConfig = DistributedConfig()
+    """``[distributed]``: how processes started by torchrun share the work (ignored in a single process)."""
 
     def plugin_tables(self) -> Iterator[tuple[str, str, PluginTable]]:
         """``(dotted path, part kind, table)`` for every table that names a plugin part."""
@@ -176,7 +186,12 @@ class FoveaConfig(Section):
 
     @property
     def effective_batch_size(self) -> int:
+        """Clips per optimizer step in one process; the global batch is this x the world size."""
         return self.training.batch_size * self.training.grad_accum
+
+    def global_batch_size(self, world_size: int) -> int:
+        """Clips per optimizer step over all ``world_size`` processes: batch_size x grad_accum x world_size."""
+        return self.effective_batch_size * world_size
 
 
 # --------------------------------------------------------------------------- loading

@@ -2,7 +2,9 @@
 
 indices (a seeded shuffle per epoch, endless) -> batches of indices -> parallel reads from the cache
 (threads; shard reads are memory-mapped slices, so no decoding happens here) -> pinned memory (CUDA)
--> prefetch. ``Loader.state_dict()`` is saved with each checkpoint; a resumed run builds its loader
+-> prefetch. Under torchrun every rank draws the same global batches of ``batch_size x world_size``
+clips and reads only its own slice of each, so N processes see exactly the clips one process with
+an N times larger batch would. ``Loader.state_dict()`` is saved with each checkpoint; a resumed run builds its loader
 at the clip position found in it (``sample_position``), so it continues from the same sample even
 when ``num_workers``, ``prefetch`` or the batch size differ.
 """
@@ -48,19 +50,24 @@ class ShuffledIndices(BaseNode[int]):
 
 
 def build_loader(cache: ClipCache, config: FoveaConfig, device: torch.device,
-                 position: dict[str, int] | None = None) -> Loader:
+                 position: dict[str, int] | None = None, rank: int = 0, world_size: int = 1) -> Loader:
     """An endless, stateful loader of ``{"frames", "latents", "index"}`` batches of ``training.batch_size``.
 
-    ``position`` (``sample_position`` of a saved state) starts it where a checkpointed loader stopped.
+    ``position`` (``sample_position`` of a saved state) starts it where a checkpointed loader stopped;
+    it counts clips of the global stream, the same on every rank.
     """
     data, batch_size = config.data, config.training.batch_size
-    if batch_size > len(cache):
-        raise FoveaError(f"training.batch_size ({batch_size}) is larger than the {len(cache)} clips in the data set")
+    if batch_size * world_size > len(cache):
+        across = f" x {world_size} processes" if world_size > 1 else ""
+        raise FoveaError(f"training.batch_size ({batch_size}){across} is larger than the {len(cache)} clips in "
+                         f"the data set")
     if position is not None and not 0 <= position["position"] <= len(cache):
         raise FoveaError(f"the checkpoint's loader stopped at clip {position['position']} of an epoch, but the "
                          f"data set has {len(cache)} clips: the data changed since the run started")
     indices = ShuffledIndices(len(cache), config.run.seed, position)
-    node: BaseNode = Batcher(indices, batch_size=batch_size, drop_last=True)
+    node: BaseNode = Batcher(indices, batch_size=batch_size * world_size, drop_last=True)
+    if world_size > 1:
+        node = Mapper(node, lambda batch: batch[rank * batch_size:(rank + 1) * batch_size])   # this rank's slice
     if data.num_workers > 0:
         node = ParallelMapper(node, cache.read, num_workers=data.num_workers, method="thread", in_order=True)
     else:

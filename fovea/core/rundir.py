@@ -96,11 +96,13 @@ class RunDir:
 
     @property
     def checkpoint_file(self) -> Path:
-        """``model.safetensors`` of the newest complete checkpoint (of a run from before checkpoints/: its root one)."""
+        """The weights of the newest complete checkpoint: its ``model.safetensors``, or the ``sharded/``
+        directory of an FSDP run (of a run from before checkpoints/: its root ``model.safetensors``)."""
         legacy = self.path / "model.safetensors"
         if legacy.is_file() and not self.checkpoints():
             return legacy
-        return self.latest_checkpoint / "model.safetensors"
+        newest = self.latest_checkpoint
+        return newest / "sharded" if (newest / "sharded").is_dir() else newest / "model.safetensors"
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -192,7 +194,9 @@ def collect_environment() -> dict[str, Any]:
             return None
         return out.stdout.strip() if out.returncode == 0 else None
 
-    cuda = torch.cuda.is_available()
+    from fovea.core import distributed
+
+    cuda, world = torch.cuda.is_available(), distributed.current()
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
@@ -204,4 +208,6 @@ def collect_environment() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "cuda": torch.version.cuda if cuda else None,
         "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else ["cpu"],
+        "world_size": world.world_size,   # processes of the torchrun job that trained the run (1: no torchrun)
+        "nodes": int(os.environ.get("WORLD_SIZE", 1)) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)),
     }

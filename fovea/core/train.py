@@ -7,11 +7,16 @@ each logging interval. Checkpoints (``fovea.core.checkpoint``) hold everything t
 ``train(config, resume=run)`` continues a run in its own directory with exactly the per-step losses
 it would have had without the interruption. SIGINT/SIGTERM finish the current step, save a
 checkpoint and raise ``RunInterrupted``.
+
+Under torchrun (``fovea.core.distributed``) every process runs this loop on its slice of each global
+batch; losses are averaged over ranks before they are checked and logged, every rank stops at the same
+step, and rank 0 alone writes the run directory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import random
 import signal
@@ -35,11 +40,14 @@ NONFINITE_FILE = "nonfinite.jsonl"
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device ``run.device`` names; under torchrun, the GPU of this process's local rank."""
+    from fovea.core.distributed import local_device
+
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return local_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     if name == "cuda" and not torch.cuda.is_available():
         raise FoveaError("run.device = 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
-    return torch.device(name)
+    return local_device(torch.device(name))
 
 
 def seed_everything(seed: int) -> None:
@@ -66,17 +74,21 @@ def build_optimizer(model: torch.nn.Module, config: FoveaConfig) -> torch.optim.
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": config.training.weight_decay},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    fused = next(model.parameters()).is_cuda
+    from torch.distributed.tensor import DTensor
+
+    first = next(model.parameters())
+    fused = first.is_cuda and not isinstance(first, DTensor)   # FSDP2's shards take the foreach kernels
     return torch.optim.AdamW(groups, lr=config.training.lr, betas=(0.9, 0.999), fused=fused or None)
 
 
 class RunInterrupted(Exception):
     """SIGINT/SIGTERM stopped the run after a step; its checkpoint is saved and the run can be resumed."""
 
-    def __init__(self, run: RunDir, step: int, signal_number: int, checkpoint: Path):
+    def __init__(self, run: RunDir, step: int, signal_number: int, checkpoint: Path, world_size: int = 1):
         self.run, self.step, self.signal_number, self.checkpoint = run, step, signal_number, checkpoint
+        launch = f"torchrun --nproc_per_node={world_size} -m " if world_size > 1 else ""
         super().__init__(f"stopped by {signal.Signals(signal_number).name} after step {step}; checkpoint "
-                         f"{checkpoint}. Continue with `fovea run --resume {run.path}`")
+                         f"{checkpoint}. Continue with `{launch}fovea run --resume {run.path}`")
 
 
 class NonFiniteStep(FoveaError):
@@ -100,7 +112,8 @@ class TrainState:
     """Everything one optimizer step touches; made once by ``prepare_training``."""
 
     config: FoveaConfig
-    model: torch.nn.Module
+    model: torch.nn.Module               # what the step calls: the model, its DDP wrapper, or FSDP2-sharded
+    module: torch.nn.Module              # the model itself (DDP's ``.module``): parts, names, summaries
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     trainable: list[torch.nn.Parameter]
@@ -109,10 +122,14 @@ class TrainState:
 
 
 def prepare_training(config: FoveaConfig, model: torch.nn.Module, device: torch.device) -> TrainState:
-    optimizer = build_optimizer(model, config)
+    """Spread ``model`` over the torchrun processes (``distributed.strategy``), then its optimizer and schedule."""
+    from fovea.core.distributed import parallelize
+
+    wrapped = parallelize(model, config.distributed.strategy, device)
+    optimizer = build_optimizer(wrapped, config)     # FSDP2: over the shards it made
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
-    return TrainState(config, model, optimizer, scheduler, [p for p in model.parameters() if p.requires_grad],
-                      device, DTYPES[config.precision.dtype])
+    return TrainState(config, wrapped, model, optimizer, scheduler,
+                      [p for p in wrapped.parameters() if p.requires_grad], device, DTYPES[config.precision.dtype])
 
 
 def train_step(state: TrainState, batches: Iterator[dict], timer: PhaseTimer,
@@ -125,41 +142,49 @@ def train_step(state: TrainState, batches: Iterator[dict], timer: PhaseTimer,
     the forwards the step runs anyway (no extra forward, no random numbers drawn, so resume stays exact).
     If a loss or the gradient is not finite, raises ``NonFiniteStep`` before clipping and the optimizer
     (gradients cleared, weights, optimizer and schedule untouched); checking costs one device sync per step.
+    Under torchrun gradients are reduced once, in the last micro-batch's backward, and the returned
+    losses and statistics are means over all ranks (one all-reduce), so every rank decides alike.
     """
+    from fovea.core import distributed
+
     t = state.config.training
-    losses = torch.zeros(3, device=state.device)
-    stats = torch.zeros(4, device=state.device) if attention else None
-    micro_losses, clips = [], []
-    for _ in range(t.grad_accum):
+    micro_losses, micro_stats, clips = [], [], []
+    for micro_step in range(t.grad_accum):
         with timer("data"):
             batch = next(batches)
             frames = batch["frames"].to(state.device, non_blocking=True)    # (B, T, 3, S, S) uint8
             latents = batch["latents"].to(state.device, non_blocking=True)  # (B, T, C, h, w)
-        with timer("forward"), torch.autocast(state.device.type, dtype=state.dtype,
-                                              enabled=state.dtype != torch.float32):
-            out = state.model(frames, latents, return_attention=attention)
-        with timer("backward"):
-            (out.loss / t.grad_accum).backward()
-        micro = torch.stack([out.loss, out.loss_fine, out.loss_coarse]).detach()   # (3,)
-        losses += micro / t.grad_accum
+        with distributed.gradient_sync(state.model, enabled=micro_step == t.grad_accum - 1):
+            with timer("forward"), torch.autocast(state.device.type, dtype=state.dtype,
+                                                  enabled=state.dtype != torch.float32):
+                out = state.model(frames, latents, return_attention=attention)
+            with timer("backward"):
+                (out.loss / t.grad_accum).backward()
+        micro_losses.append(torch.stack([out.loss, out.loss_fine, out.loss_coarse]).detach().float())   # (3,)
         if attention:
-            stats += attention_stats(out.attention_static.detach(), out.attention_dynamic.detach()) / t.grad_accum
-        micro_losses.append(micro)
+            micro_stats.append(attention_stats(out.attention_static.detach(), out.attention_dynamic.detach()))
         clips.append(batch["index"].tolist() if "index" in batch else [])
     with timer("optimizer"):
+        # (grad_accum * 3 [+ 4],): every micro-batch's losses, the step's attention statistics; over ranks
+        reduced = distributed.mean_over_ranks(torch.cat(
+            [torch.stack(micro_losses).flatten()] + ([torch.stack(micro_stats).mean(0)] if attention else [])))
+        micro_losses = reduced[:3 * t.grad_accum].view(t.grad_accum, 3)
         grads = [p.grad for p in state.trainable if p.grad is not None]
-        grad_norm = torch.nn.utils.get_total_norm(grads)
-        checked = torch.cat([torch.stack(micro_losses).flatten(), grad_norm[None]])   # (grad_accum * 3 + 1,)
+        grad_norm = distributed.full_tensor(torch.nn.utils.get_total_norm(grads))
+        checked = torch.cat([micro_losses.flatten(), grad_norm[None]])              # (grad_accum * 3 + 1,)
         if not bool(torch.isfinite(checked).all()):                                  # the one sync
-            bad = [name for name, p in state.model.named_parameters()
-                   if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+            bad = [name for name, p in state.module.named_parameters()
+                   if p.grad is not None and not bool(torch.isfinite(distributed.full_tensor(p.grad)).all())]
             state.optimizer.zero_grad(set_to_none=True)
-            raise NonFiniteStep(torch.stack(micro_losses).float().cpu(), grad_norm.float().cpu(), clips, bad)
+            every_rank = distributed.gather(clips)                                   # [rank][micro-batch]
+            clips = [[i for rank in every_rank for i in rank[m]] for m in range(t.grad_accum)]
+            raise NonFiniteStep(micro_losses.cpu(), grad_norm.float().cpu(), clips, bad)
         torch.nn.utils.clip_grads_with_norm_(state.trainable, t.grad_clip if t.grad_clip > 0 else math.inf, grad_norm)
         state.optimizer.step()
         state.scheduler.step()
         state.optimizer.zero_grad(set_to_none=True)
-    return (losses, grad_norm.detach()) + ((stats,) if attention else ())
+    losses = micro_losses.mean(0)                                                    # (3,)
+    return (losses, grad_norm.detach()) + ((reduced[3 * t.grad_accum:],) if attention else ())
 
 
 @dataclass
@@ -221,6 +246,7 @@ def train(config: FoveaConfig, resume: RunDir | None = None, force: bool = False
     must not change (``checkpoint.fixed_settings``) are refused unless ``force``. A resumed run that
     cannot continue (a damaged checkpoint, a model that does not fit) is not modified.
     """
+    from fovea.core import distributed
     from fovea.core.cache import build_cache
     from fovea.core.checkpoint import check_settings, read_checkpoint, restore_rng, restore_training
     from fovea.core.loader import build_loader, sample_position, shutdown
@@ -230,23 +256,30 @@ def train(config: FoveaConfig, resume: RunDir | None = None, force: bool = False
     with contextlib.ExitStack() as stack:
         if config.run.tensorboard:
             require_tensorboard()
-        checkpoint = kept_metrics = None
-        if resume is not None:   # the cheap checks first
-            stack.enter_context(resume.lock())
-            checkpoint = read_checkpoint(resume.latest_checkpoint)
-            check_settings(checkpoint, config, force)
-            if not resume.metrics_file.is_file() and checkpoint.step >= config.run.log_every and not force:
-                raise FoveaError(f"{resume.metrics_file} is missing, but the run logged steps up to its checkpoint "
-                                 f"at step {checkpoint.step}: restore the file, or pass --force to continue without "
-                                 f"those lines")
-            kept_metrics = [m for m in resume.read_metrics() if m["step"] <= checkpoint.step]
         device = resolve_device(config.run.device)
-        model = build_model(config).to(device).train()
-        cache = build_cache(config, device, progress=config.run.progress)   # decoded once; later runs reuse it
+        world = stack.enter_context(distributed.process_group(config.distributed.backend, device))
+        checkpoint = kept_metrics = None
+        if resume is not None:   # the cheap checks first, by rank 0: it holds the lock and verifies the files
+            def check_resumable() -> None:
+                stack.enter_context(resume.lock())
+                checked = read_checkpoint(resume.latest_checkpoint)
+                check_settings(checked, config, force)
+                if not resume.metrics_file.is_file() and checked.step >= config.run.log_every and not force:
+                    raise FoveaError(f"{resume.metrics_file} is missing, but the run logged steps up to its "
+                                     f"checkpoint at step {checked.step}: restore the file, or pass --force to "
+                                     f"continue without those lines")
+
+            distributed.on_main(check_resumable)
+            checkpoint = read_checkpoint(resume.latest_checkpoint, verify=False)   # checked above
+            kept_metrics = [m for m in resume.read_metrics() if m["step"] <= checkpoint.step]
+        model = distributed.main_first(lambda: build_model(config)).to(device).train()   # downloads once
+        # Decoded once (by rank 0); later runs and the other ranks reuse it.
+        cache = distributed.main_first(lambda: build_cache(config, device, progress=config.run.progress
+                                                           and distributed.current().is_main))
         position = sample_position(checkpoint.loader_state) if checkpoint else None
-        loader = build_loader(cache, config, device, position)
+        loader = build_loader(cache, config, device, position, world.rank, world.world_size)
         stack.callback(shutdown, loader)
-        seed_everything(config.run.seed)
+        seed_everything(config.run.seed + world.rank)
         state = prepare_training(config, model, device)
         progress = Progress(torch.zeros(4, device=device))
         if checkpoint is not None:
@@ -255,22 +288,26 @@ def train(config: FoveaConfig, resume: RunDir | None = None, force: bool = False
             restore_rng(checkpoint.training_state["rng"])
 
         if resume is None:
-            run = RunDir.create(config)
-            stack.enter_context(run.lock())
+            run = distributed.from_main(lambda: RunDir.create(config))   # one directory, named by rank 0
+            if world.is_main:
+                stack.enter_context(run.lock())
         else:
             run = resume
-            run.rewrite_metrics(kept_metrics)            # drop the steps logged after the checkpoint: redone now
-            run.write_text(run.config_file.name, config_to_toml(config))
-            run.summary_file.unlink(missing_ok=True)     # the run is not finished until it is
-        run.write_json("data_report.json", cache.report())
-        run.mark_latest()
-        writer = stack.enter_context(open_writer(run.path)) if config.run.tensorboard else None
+
+        def open_run() -> None:
+            if resume is not None:
+                run.rewrite_metrics(kept_metrics)            # drop the steps logged after the checkpoint: redone now
+                run.write_text(run.config_file.name, config_to_toml(config))
+                run.summary_file.unlink(missing_ok=True)     # the run is not finished until it is
+            run.write_json("data_report.json", cache.report())
+            run.mark_latest()
+
+        distributed.on_main(open_run)
+        writer = stack.enter_context(open_writer(run.path)) if config.run.tensorboard and world.is_main else None
         stop = stack.enter_context(stop_on_signals())
         optimize(state, loader, run, progress, cache.clip_info, stop, writer)
-        metrics = run.read_metrics()
-        run.write_json("summary.json", summarize(config, model, len(cache), metrics[0] if metrics else None,
-                                                 metrics[-1] if metrics else None, progress.elapsed_s,
-                                                 progress.skipped))
+        distributed.on_main(lambda: run.write_json("summary.json", summarize(
+            config, model, len(cache), run.read_metrics(), progress.elapsed_s, progress.skipped, world.world_size)))
     return run
 
 
@@ -304,14 +341,19 @@ def optimize(state: TrainState, loader, run: RunDir, progress: Progress,
     """The optimisation loop from ``progress.step`` to ``max_steps``; writes metrics and checkpoints into ``run``.
 
     Each metrics line also holds the attention statistics of its own step's batch (``STAT_KEYS``);
-    ``writer`` (a TensorBoard ``SummaryWriter``) gets the line's numbers as scalars too.
+    ``writer`` (a TensorBoard ``SummaryWriter``) gets the line's numbers as scalars too. Under torchrun
+    every rank runs the loop and rank 0 writes: losses are means over ranks, ``samples_per_s`` counts the
+    global batch, ``data_wait_share`` is the largest rank's, and a signal to any rank stops all at one step.
     """
     from tqdm.auto import tqdm
 
+    from fovea.core import distributed
     from fovea.core.checkpoint import save_checkpoint
     from fovea.core.tensorboard import log_scalars
 
     config, t = state.config, state.config.training
+    world = distributed.current()
+    global_batch = config.global_batch_size(world.world_size)
     stop = stop or StopRequest()
     batches, timer = iter(loader), PhaseTimer()
     started = interval_start = time.perf_counter()
@@ -321,16 +363,18 @@ def optimize(state: TrainState, loader, run: RunDir, progress: Progress,
         return progress.elapsed_s + time.perf_counter() - started
 
     with tqdm(total=t.max_steps, initial=progress.step, desc=f"fovea {config.run.name}",
-              disable=not config.run.progress, unit="step") as bar:
+              disable=not (config.run.progress and world.is_main), unit="step") as bar:
         for step in range(progress.step + 1, t.max_steps + 1):
             logging = step % config.run.log_every == 0 or step == t.max_steps
             attention: list[torch.Tensor] = []
             try:
                 losses, grad_norm, *attention = train_step(state, batches, timer, attention=logging)
-            except NonFiniteStep as exc:
-                report_nonfinite(exc, step, run, clip_info, "stopped" if t.on_nonfinite == "stop" else "skipped")
+            except NonFiniteStep as exc:   # every rank sees the same reduced losses and gradient norm
+                action = "stopped" if t.on_nonfinite == "stop" else "skipped"
+                distributed.on_main(functools.partial(report_nonfinite, exc, step, run, clip_info, action))
                 if t.on_nonfinite == "stop":
-                    raise FoveaError(nonfinite_message(exc, step, run)) from None
+                    raise (FoveaError(nonfinite_message(exc, step, run)) if world.is_main
+                           else distributed.PeerFailed()) from None
                 progress.skipped += 1
                 progress.interval_skipped += 1
             else:
@@ -347,11 +391,12 @@ def optimize(state: TrainState, loader, run: RunDir, progress: Progress,
                 record = {"step": step, "loss": loss, "loss_fine": loss_fine, "loss_coarse": loss_coarse,
                           "ratio": loss_coarse / loss_fine if n and loss_fine > 0 else None, "grad_norm": gnorm,
                           "lr": state.scheduler.get_last_lr()[0],
-                          "samples_per_s": timed_steps * config.effective_batch_size / wall,
-                          "data_wait_share": timer.pop().get("data", 0.0) / wall,
+                          "samples_per_s": timed_steps * global_batch / wall,
+                          "data_wait_share": distributed.agree_max(timer.pop().get("data", 0.0) / wall),
                           "skipped_steps": progress.interval_skipped, "elapsed_s": elapsed(),
                           **dict(zip(STAT_KEYS, attention[0].tolist() if attention else [None] * 4))}
-                run.append_metrics(record)
+                if world.is_main:
+                    run.append_metrics(record)
                 if writer is not None:
                     log_scalars(writer, record)
                 if n:
@@ -359,11 +404,12 @@ def optimize(state: TrainState, loader, run: RunDir, progress: Progress,
                 progress.sums.zero_()
                 progress.interval_steps = progress.interval_skipped = timed_steps = 0
                 interval_start = time.perf_counter()
-            if step % t.save_every == 0 or step == t.max_steps or stop.signal_number is not None:
+            signal_number = int(distributed.agree_max(stop.signal_number or 0)) or None   # all ranks alike
+            if step % t.save_every == 0 or step == t.max_steps or signal_number is not None:
                 saved = save_checkpoint(run, step, state, loader.state_dict(), progress.state(elapsed()),
                                         t.keep_checkpoints)
-                if stop.signal_number is not None and step < t.max_steps:   # at the last step: just finish
-                    raise RunInterrupted(run, step, stop.signal_number, saved)
+                if signal_number is not None and step < t.max_steps:   # at the last step: just finish
+                    raise RunInterrupted(run, step, signal_number, saved, world.world_size)
     progress.elapsed_s = elapsed()
 
 
@@ -404,9 +450,10 @@ def _json_number(value: float) -> float | str:
     return value if math.isfinite(value) else str(value)
 
 
-def summarize(config: FoveaConfig, model: torch.nn.Module, num_clips: int, first: dict | None, last: dict | None,
-              wall: float, skipped: int = 0) -> dict:
-    """What ``summary.json`` holds: outcome, losses first and last, the spec's improvement, sizes."""
+def summarize(config: FoveaConfig, model: torch.nn.Module, num_clips: int, metrics: list[dict], wall: float,
+              skipped: int = 0, world_size: int = 1) -> dict:
+    """What ``summary.json`` holds: outcome, losses first and last, the spec's improvement, batch, sizes."""
+    first, last = (metrics[0], metrics[-1]) if metrics else (None, None)
     def count(module: torch.nn.Module, trainable: bool | None = None) -> int:
         return sum(p.numel() for p in module.parameters() if trainable is None or p.requires_grad == trainable)
 
@@ -421,7 +468,9 @@ def summarize(config: FoveaConfig, model: torch.nn.Module, num_clips: int, first
         "last": last,
         "improvement": improvement,   # SPEC: (loss_coarse - loss_fine) / loss_coarse
         "num_clips": num_clips,
-        "epochs": config.training.max_steps * config.effective_batch_size / num_clips,
+        "world_size": world_size,
+        "global_batch_size": config.global_batch_size(world_size),   # batch_size x grad_accum x world_size
+        "epochs": config.training.max_steps * config.global_batch_size(world_size) / num_clips,
         "parameters": {"total": count(model), "trainable": count(model, True),
                        **{name: count(child) for name, child in model.named_children()}},
     }

@@ -1,0 +1,231 @@
+"""Two processes through torchrun (gloo on CPU): the losses of one process with the same global batch,
+one run directory, sharded checkpoints, resume after a crash, another world size, per-rank profiles."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fovea.cli import app
+from fovea.core.config import load_config
+from fovea.core.rundir import RunDir
+from fovea.core.train import train
+from tests.helpers import QUICKSTART, ROOT, tiny_overrides
+
+pytestmark = pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+                                reason="needs torch.distributed with gloo")
+
+runner = CliRunner()
+STEPS, SAVE_EVERY, PER_RANK = 8, 3, 2
+COMPARED = ("loss", "loss_fine", "loss_coarse", "grad_norm")
+
+
+def overrides(root: Path, cache: Path, **extra) -> list[str]:
+    values = {"run.log_every": "1", "data.num_clips": "16", "training.max_steps": str(STEPS),
+              "training.save_every": str(SAVE_EVERY), "training.batch_size": str(PER_RANK), **extra}
+    return [o for o in tiny_overrides(root, **values) if not o.startswith("data.cache_dir=")] + \
+        [f'data.cache_dir="{cache}"']
+
+
+def set_args(items: list[str]) -> list[str]:
+    return [arg for item in items for arg in ("--set", item)]
+
+
+def torchrun(*args: str, nproc: int = 2) -> subprocess.Popen:
+    """``torchrun --standalone --nproc_per_node=nproc -m fovea ARGS`` in its own session (killable as a job)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             f"--nproc_per_node={nproc}", "-m", "fovea", *args],
+                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def finish(process: subprocess.Popen, timeout: float = 300) -> tuple[str, str]:
+    out, err = process.communicate(timeout=timeout)
+    assert process.returncode == 0, f"torchrun failed ({process.returncode}):\n{out}\n{err[-4000:]}"
+    return out, err
+
+
+def per_step(run: RunDir) -> list[dict]:
+    return [{key: m[key] for key in ("step", *COMPARED)} for m in run.read_metrics()]
+
+
+def assert_same_curve(run: RunDir, reference: list[dict]) -> None:
+    steps = per_step(run)
+    assert [s["step"] for s in steps] == list(range(1, STEPS + 1))
+    for got, want in zip(steps, reference):
+        for key in COMPARED:
+            assert abs(got[key] - want[key]) <= 1e-5, (got["step"], key, got[key], want[key])
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("shared") / "cache"
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, cache) -> RunDir:
+    """One process with the global batch of two (2 x PER_RANK clips per step), fp32."""
+    root = tmp_path_factory.mktemp("single")
+    return train(load_config(QUICKSTART, overrides(root, cache, **{"training.batch_size": str(2 * PER_RANK)})))
+
+
+@pytest.fixture(scope="module")
+def reference(reference_run) -> list[dict]:
+    return per_step(reference_run)
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory, cache) -> RunDir:
+    root = tmp_path_factory.mktemp("ddp")
+    out, _ = finish(torchrun("run", str(QUICKSTART), *set_args(overrides(root, cache))))
+    runs = [p for p in (root / "runs").iterdir() if p.name != "latest"]
+    assert len(runs) == 1 and out.count("run: ") == 1   # one directory, named by rank 0, who speaks for the job
+    return RunDir.open(root / "runs" / "latest")
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(tmp_path_factory, cache) -> RunDir:
+    root = tmp_path_factory.mktemp("fsdp")
+    out, _ = finish(torchrun("run", str(QUICKSTART),
+                             *set_args(overrides(root, cache, **{"distributed.strategy": '"fsdp"'}))))
+    assert out.count("run: ") == 1                      # rank 0 speaks for the job
+    return RunDir.open(root / "runs" / "latest")
+
+
+def test_ddp_matches_one_process_with_the_same_global_batch(ddp_run, reference):
+    run = ddp_run
+    assert_same_curve(run, reference)
+    summary = json.loads(run.summary_file.read_text())
+    assert summary["world_size"] == 2 and summary["global_batch_size"] == 2 * PER_RANK
+    assert json.loads(run.env_file.read_text())["world_size"] == 2
+    checkpoint = run.latest_checkpoint
+    assert (checkpoint / "model.safetensors").is_file() and not (checkpoint / "sharded").exists()
+    info = json.loads((checkpoint / "checkpoint.json").read_text())
+    assert info["settings"]["world_size"] == 2 and not info["sharded"]
+    assert [p.name for p in run.path.parent.iterdir() if p.name.startswith(".")] == []   # no temp files left
+
+
+def test_fsdp_matches_one_process_and_saves_sharded_checkpoints(fsdp_run, reference):
+    assert_same_curve(fsdp_run, reference)
+    checkpoint = fsdp_run.latest_checkpoint
+    info = json.loads((checkpoint / "checkpoint.json").read_text())
+    assert info["sharded"] and info["settings"]["world_size"] == 2
+    assert not (checkpoint / "model.safetensors").exists()
+    shards = sorted(p.name for p in (checkpoint / "sharded").iterdir())
+    assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    assert all(f"sharded/{name}" in info["files"] for name in shards)   # size and SHA-256 checked on load
+
+
+def test_audit_reads_a_sharded_run_and_checks_the_global_batch(fsdp_run):
+    result = runner.invoke(app, ["audit", str(fsdp_run.path)])
+    assert result.exit_code == 0, result.output
+    checks = {c["id"]: c for c in json.loads((fsdp_run.path / "audit.json").read_text())["checks"]}
+    batch = checks["training.effective_batch"]
+    assert batch["observed"].startswith(f"{2 * PER_RANK} ({PER_RANK} × 1 × 2 processes)")
+    epochs = checks["training.epochs"]
+    assert epochs["measurements"]["epochs"] == pytest.approx(STEPS * 2 * PER_RANK / 16)
+    assert checks["components.llm"]["status"] == "pass"      # the sharded weights moved from initialisation
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_killed_two_process_run_resumes_on_the_same_curve(tmp_path, cache, reference, strategy):
+    items = overrides(tmp_path, cache, **{"distributed.strategy": f'"{strategy}"'})
+    job = torchrun("run", str(QUICKSTART), *set_args(items))
+    latest, deadline = tmp_path / "runs" / "latest", time.monotonic() + 240
+    while not (latest.exists() and any(m["step"] > SAVE_EVERY for m in RunDir.open(latest).read_metrics())):
+        assert job.poll() is None, f"the run exited ({job.returncode}) before its first checkpoint:\n" \
+                                   f"{job.stderr.read()[-3000:]}"
+        assert time.monotonic() < deadline, "no step after the first checkpoint in 240 s"
+        time.sleep(0.005)
+    import psutil
+
+    agent = psutil.Process(job.pid)
+    for process in [*agent.children(recursive=True), agent]:   # the whole job dies at once: no handler runs
+        process.send_signal(signal.SIGKILL)
+    job.communicate()
+    run = RunDir.open(latest)
+    killed_at = max(m["step"] for m in run.read_metrics())
+    assert SAVE_EVERY < killed_at < STEPS and not run.summary_file.exists()
+
+    finish(torchrun("run", "--resume", str(run.path)))
+    assert_same_curve(run, reference)
+    assert json.loads(run.summary_file.read_text())["world_size"] == 2
+
+
+def test_resuming_on_another_number_of_processes_says_what_changes(tmp_path, fsdp_run):
+    copy = RunDir(Path(shutil.copytree(fsdp_run.path, tmp_path / fsdp_run.path.name)))
+    refused = runner.invoke(app, ["run", "--resume", str(copy.path), "--set", f"training.max_steps={STEPS + 2}"])
+    assert refused.exit_code == 2
+    message = " ".join(refused.output.split())
+    assert "world_size 2 -> 1" in message
+    assert f"torchrun --nproc_per_node=2 -m fovea run --resume {copy.path}" in message
+    assert f"each step then holds {PER_RANK} clips instead of {2 * PER_RANK}" in message
+    assert "resharded" in message and len(copy.read_metrics()) == STEPS   # nothing touched
+
+    forced = runner.invoke(app, ["run", "--resume", str(copy.path), "--force",
+                                 "--set", f"training.max_steps={STEPS + 2}"])
+    assert forced.exit_code == 0, forced.output
+    metrics = copy.read_metrics()
+    assert [m["step"] for m in metrics] == list(range(1, STEPS + 3))
+    assert all(m["loss"] < 1 for m in metrics[STEPS:])              # the sharded weights loaded, not a fresh init
+    newest = copy.latest_checkpoint
+    assert (newest / "model.safetensors").is_file() and json.loads((newest / "checkpoint.json").read_text())[
+        "settings"]["world_size"] == 1
+
+
+def test_profile_under_torchrun_reports_every_rank_and_the_slowest(tmp_path, cache):
+    out, _ = finish(torchrun("profile", str(QUICKSTART), "--steps", "3", "--warmup", "1",
+                             *set_args(overrides(tmp_path, cache))))
+    assert out.count("wrote ") == 1 and "per rank" in out
+    (run,) = [p for p in (tmp_path / "runs").iterdir() if p.name.endswith("-profile")]
+    report = json.loads((run / "profile.json").read_text())
+    assert report["world_size"] == 2 and [r["rank"] for r in report["ranks"]] == [0, 1]
+    slowest = max(report["ranks"], key=lambda r: r["step_s_median"])
+    assert report["slowest_rank"] == slowest["rank"] and slowest["step_s_median"] > 0
+    assert report["batch"]["global_batch"] == 2 * PER_RANK
+    assert any(f["kind"] in ("ranks", "imbalance") for f in report["diagnosis"])
+    assert "## Ranks (2 processes" in (run / "profile.md").read_text()
+
+
+def test_sigterm_to_torchrun_stops_every_rank_at_one_step_with_a_checkpoint(tmp_path, cache):
+    job = torchrun("run", str(QUICKSTART), *set_args(overrides(tmp_path, cache, **{"training.max_steps": "1000",
+                                                                                   "training.save_every": "1000"})))
+    latest, deadline = tmp_path / "runs" / "latest", time.monotonic() + 240
+    while not (latest.exists() and RunDir.open(latest).read_metrics()):
+        assert job.poll() is None and time.monotonic() < deadline, "the run did not start"
+        time.sleep(0.01)
+    job.send_signal(signal.SIGTERM)                 # torchrun passes it on to both ranks
+    _, err = job.communicate(timeout=120)
+    assert job.returncode != 0                      # not finished, as a job script must see
+    run = RunDir.open(latest)
+    (checkpoint,) = run.checkpoints()
+    step = run.read_metrics()[-1]["step"]
+    assert checkpoint.name == f"step-{step:06d}" and step < 1000   # both ranks stopped after the same step
+    assert err.count(f"stopped by SIGTERM after step {step}") == 1
+    assert f"torchrun --nproc_per_node=2 -m fovea run --resume {run.path}" in err
+
+
+def test_a_ddp_checkpoint_continues_under_fsdp_like_the_one_process_run(tmp_path, ddp_run, reference_run):
+    """Whole weights and a numbered AdamW state spread over FSDP2's shards: the same next steps."""
+    extend = ["--set", f"training.max_steps={STEPS + 2}"]
+    single = RunDir(Path(shutil.copytree(reference_run.path, tmp_path / "single")))
+    assert runner.invoke(app, ["run", "--resume", str(single.path), *extend]).exit_code == 0
+    sharded = RunDir(Path(shutil.copytree(ddp_run.path, tmp_path / "sharded")))
+    finish(torchrun("run", "--resume", str(sharded.path), *extend, "--set", "distributed.strategy=fsdp"))
+    assert (sharded.latest_checkpoint / "sharded").is_dir()
+    want, got = per_step(single)[STEPS:], per_step(sharded)[STEPS:]
+    assert [s["step"] for s in got] == [STEPS + 1, STEPS + 2]
+    for a, b in zip(got, want):
+        for key in COMPARED:
+            assert abs(a[key] - b[key]) <= 1e-5, (a["step"], key, a[key], b[key])

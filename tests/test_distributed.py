@@ -136,6 +136,7 @@ def test_audit_reads_a_sharded_run_and_checks_the_global_batch(fsdp_run):
     epochs = checks["training.epochs"]
     assert epochs["measurements"]["epochs"] == pytest.approx(STEPS * 2 * PER_RANK / 16)
     assert checks["components.llm"]["status"] == "pass"      # the sharded weights moved from initialisation
+    assert "2 processes under torchrun (fsdp)" in (fsdp_run.path / "audit.md").read_text()
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
@@ -229,3 +230,28 @@ def test_a_ddp_checkpoint_continues_under_fsdp_like_the_one_process_run(tmp_path
     for a, b in zip(got, want):
         for key in COMPARED:
             assert abs(a[key] - b[key]) <= 1e-5, (a["step"], key, a[key], b[key])
+
+
+def test_profile_diagnosis_names_a_rank_that_holds_the_others_back():
+    from fovea.audit.profile import diagnose
+
+    config = load_config(QUICKSTART)
+    model = {"total_gb": 1.0, "parameters_gb": 0.2, "gradients_gb": 0.2, "optimizer_gb": 0.4, "activations_gb": 0.2}
+
+    def report(steps: list[float], waits: list[float]) -> dict:
+        ranks = [{"rank": r, "step_s_median": s, "data_wait_share": w} for r, (s, w) in enumerate(zip(steps, waits))]
+        return {"data_wait_share": waits[0], "gpu_util_mean": None, "unaccounted_share": 0.0,
+                "memory": {"measured": None, "model": model}, "ranks": ranks,
+                "slowest_rank": max(ranks, key=lambda r: r["step_s_median"])["rank"]}
+
+    def finding(found: list[dict], kind: str) -> dict:
+        return next(f for f in found if f["kind"] == kind)
+
+    slow_data = diagnose(config, report([0.10, 0.10, 0.15], [0.01, 0.01, 0.30]))
+    assert "rank 2 is the slowest, 50% behind" in finding(slow_data, "imbalance")["message"]
+    assert "waits for data" in finding(slow_data, "imbalance")["message"]
+    assert finding(slow_data, "data-bound")["severity"] == "warn"          # the worst rank's wait counts
+    slow_device = diagnose(config, report([0.10, 0.13], [0.01, 0.01]))
+    assert "not for data" in finding(slow_device, "imbalance")["message"]
+    even = diagnose(config, report([0.100, 0.105], [0.01, 0.01]))
+    assert finding(even, "ranks")["severity"] == "ok" and not any(f["kind"] == "imbalance" for f in even)

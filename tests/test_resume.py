@@ -324,3 +324,26 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, m
     resumed = runner.invoke(app, ["run", "--resume", str(run.path)])
     assert resumed.exit_code == 0, resumed.output
     assert [m["step"] for m in run.read_metrics()] == [1, 2, 3, 4]
+
+
+def test_a_format_1_checkpoint_from_before_multi_process_training_still_resumes(tmp_path):
+    """Format 1 held one RNG state (a dict) and no ``sharded`` flag; it resumes like the run it was."""
+    overrides = tiny_overrides(tmp_path, **{"training.max_steps": "4", "training.save_every": "2"})
+    run = train(fovea.load_config(QUICKSTART, overrides))
+    checkpoint = run.latest_checkpoint
+    state = torch.load(checkpoint / "training_state.pt", weights_only=True)
+    state["rng"] = state["rng"][0]
+    torch.save(state, checkpoint / "training_state.pt")
+    info = json.loads((checkpoint / "checkpoint.json").read_text())
+    info["format"] = 1
+    del info["sharded"]
+    info["files"]["training_state.pt"] = {"bytes": (checkpoint / "training_state.pt").stat().st_size,
+                                          "sha256": checkpoint_module._sha256(checkpoint / "training_state.pt")}
+    (checkpoint / "checkpoint.json").write_text(json.dumps(info))
+
+    read = read_checkpoint(checkpoint)
+    assert isinstance(read.training_state["rng"], list) and len(read.training_state["rng"]) == 1
+    assert not read.sharded
+    result = runner.invoke(app, ["run", "--resume", str(run.path), "--set", "training.max_steps=6"])
+    assert result.exit_code == 0, result.output
+    assert [m["step"] for m in run.read_metrics()] == [2, 4, 6]

@@ -85,11 +85,13 @@ def to_markdown(ev: "Evidence", checks: list[Check]) -> str:
         f"# Spec-alignment audit: {ev.run.path.name}",
         "",
         f"- **Run:** `{head['run']}` (git {head['run_git_commit'] or 'unknown'}, trained on "
-        f"{', '.join(head['run_devices'] or ['unknown'])})",
+        f"{', '.join(head['run_devices'] or ['unknown'])}"
+        + (f", {ev.world_size} processes under torchrun ({config.distributed.strategy})" if ev.world_size > 1 else "")
+        + ")",
         f"- **Spec:** {ev.spec.name} — `{head['spec_file']}` (from {ev.spec.source or 'the spec file'})",
         f"- **Model:** encoder `{config.model.encoder.name}`, head `{config.model.head.name}`, "
         f"{config.training.max_steps} steps, seed {config.run.seed}",
-        f"- **Probes:** {ev.batch_origin}; CPU, float32; model rebuilt from config.toml and model.safetensors",
+        f"- **Probes:** {ev.batch_origin}; CPU, float32; model rebuilt from config.toml and the newest checkpoint's weights",
         f"- **Audited:** {head['audited_at']} by fovea {head['fovea_version']}",
         "",
         f"**Result: {total['fail']} ❌ · {total['warn']} ⚠️ · {total['pass']} ✅ · {total['info']} ℹ️**",

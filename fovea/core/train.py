@@ -260,17 +260,20 @@ def train(config: FoveaConfig, resume: RunDir | None = None, force: bool = False
         world = stack.enter_context(distributed.process_group(config.distributed.backend, device))
         checkpoint = kept_metrics = None
         if resume is not None:   # the cheap checks first, by rank 0: it holds the lock and verifies the files
+            checked: list = []
+
             def check_resumable() -> None:
                 stack.enter_context(resume.lock())
-                checked = read_checkpoint(resume.latest_checkpoint)
-                check_settings(checked, config, force)
-                if not resume.metrics_file.is_file() and checked.step >= config.run.log_every and not force:
+                checked.append(read_checkpoint(resume.latest_checkpoint))
+                check_settings(checked[0], config, force)
+                if not resume.metrics_file.is_file() and checked[0].step >= config.run.log_every and not force:
                     raise FoveaError(f"{resume.metrics_file} is missing, but the run logged steps up to its "
-                                     f"checkpoint at step {checked.step}: restore the file, or pass --force to "
+                                     f"checkpoint at step {checked[0].step}: restore the file, or pass --force to "
                                      f"continue without those lines")
 
             distributed.on_main(check_resumable)
-            checkpoint = read_checkpoint(resume.latest_checkpoint, verify=False)   # checked above
+            # The other ranks read what rank 0 verified.
+            checkpoint = checked[0] if checked else read_checkpoint(resume.latest_checkpoint, verify=False)
             kept_metrics = [m for m in resume.read_metrics() if m["step"] <= checkpoint.step]
         model = distributed.main_first(lambda: build_model(config)).to(device).train()   # downloads once
         # Decoded once (by rank 0); later runs and the other ranks reuse it.

@@ -73,9 +73,9 @@ def measure_micro_batch(state, batch: dict[str, torch.Tensor]) -> tuple[float, f
         saved[storage.data_ptr()] = storage.nbytes()   # a storage saved twice is held once
         return tensor
 
-    weights: set[int] = set()
+    weights = {_storage(p) for p in state.module.parameters()}   # FSDP2: the local shards
 
-    def note_weights(module: torch.nn.Module, args) -> None:   # FSDP2 has gathered them by now
+    def note_weights(module: torch.nn.Module, args) -> None:   # FSDP2's gathered copies, in use now
         weights.update(_storage(p) for p in module.parameters(recurse=False))
 
     frames, latents = batch["frames"].to(state.device), batch["latents"].to(state.device)

@@ -38,11 +38,10 @@ class PeerFailed(FoveaError):
 
 @dataclass(frozen=True)
 class World:
-    """This process's place in the job: rank, number of processes, rank on its node."""
+    """This process's place in the job: its rank and the number of processes."""
 
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
 
     @property
     def is_main(self) -> bool:
@@ -65,7 +64,7 @@ def current() -> World:
 
     if not initialized():
         return World()
-    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    return World(dist.get_rank(), dist.get_world_size())
 
 
 def local_device(device: torch.device) -> torch.device:

@@ -41,11 +41,11 @@ def set_args(items: list[str]) -> list[str]:
     return [arg for item in items for arg in ("--set", item)]
 
 
-def torchrun(*args: str, nproc: int = 2) -> subprocess.Popen:
+def torchrun(*args: str, nproc: int = 2, entry: tuple[str, ...] = ("-m", "fovea")) -> subprocess.Popen:
     """``torchrun --standalone --nproc_per_node=nproc -m fovea ARGS`` in its own session (killable as a job)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                             f"--nproc_per_node={nproc}", "-m", "fovea", *args],
+                             f"--nproc_per_node={nproc}", *entry, *args],
                             env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
 
@@ -255,3 +255,43 @@ def test_profile_diagnosis_names_a_rank_that_holds_the_others_back():
     assert "not for data" in finding(slow_device, "imbalance")["message"]
     even = diagnose(config, report([0.100, 0.105], [0.01, 0.01]))
     assert finding(even, "ranks")["severity"] == "ok" and not any(f["kind"] == "imbalance" for f in even)
+
+
+POISONING_FOVEA = """
+import sys
+
+from fovea.cli import app
+from fovea.core.cache import ClipCache
+
+poisoned, read = int(sys.argv.pop(1)), ClipCache.read
+
+
+def read_with_nan(self, indices):
+    batch = read(self, indices)
+    batch["latents"][batch["index"] == poisoned] = float("nan")
+    return batch
+
+
+ClipCache.read = read_with_nan
+app(prog_name="fovea")
+"""
+
+
+def test_a_nan_on_one_rank_stops_every_rank_at_that_step_with_one_diagnosis(tmp_path, cache):
+    # seed 0, 16 clips, global batches of 4: step 3 reads clips 8..11 of epoch 0's order; rank 1 reads 10 and 11
+    order = torch.randperm(16, generator=torch.Generator().manual_seed(0)).tolist()
+    script = tmp_path / "poisoning_fovea.py"
+    script.write_text(POISONING_FOVEA)
+    items = overrides(tmp_path, cache, **{"training.save_every": "1", "distributed.strategy": "fsdp"})
+    job = torchrun(str(order[10]), "run", str(QUICKSTART), *set_args(items), entry=(str(script),))
+    _, err = job.communicate(timeout=300)
+    assert job.returncode != 0
+    assert err.count("error: step 3: non-finite loss") == 1                     # rank 0 speaks
+    assert err.count("error: stopped because rank 0 failed; its error is above") == 1
+    run = RunDir.open(tmp_path / "runs" / "latest")
+    (diagnosis,) = [json.loads(line) for line in (run.path / "nonfinite.jsonl").read_text().splitlines()]
+    assert diagnosis["step"] == 3 and diagnosis["micro_batches"][0]["losses"]["loss_fine"] == "nan"
+    assert [c["index"] for c in diagnosis["micro_batches"][0]["clips"]] == order[8:12]   # both ranks' clips
+    assert diagnosis["parameters_with_nonfinite_grad"] > 0 and diagnosis["last_checkpoint"] == "step-000002"
+    assert [m["step"] for m in run.read_metrics()] == [1, 2]
+    assert [p.name for p in run.checkpoints()] == ["step-000001", "step-000002"]

@@ -49,13 +49,6 @@ def user_errors(command: Callable) -> Callable:
     return wrapper
 
 
-def is_main_process() -> bool:
-    """True except in the ranks > 0 of a torchrun job."""
-    import os
-
-    return os.environ.get("RANK", "0") == "0"
-
-
 @app.command("run")
 @user_errors
 def run_command(
@@ -74,6 +67,7 @@ def run_command(
     On several GPUs: `torchrun --nproc_per_node=N -m fovea run CONFIG` (README "Multi-GPU").
     """
     from fovea.core.config import load_config
+    from fovea.core.distributed import is_main_process
     from fovea.core.train import RunInterrupted, find_run_to_resume, train
 
     if resume is None and config is None:
@@ -125,6 +119,7 @@ def profile_command(
     Under torchrun it reports every rank's figures and the slowest rank.
     """
     from fovea.audit.profile import profile, profile_target, render_table
+    from fovea.core.distributed import is_main_process
 
     cfg, run = profile_target(config, overrides)
     report = profile(cfg, run, steps=steps, warmup=warmup)

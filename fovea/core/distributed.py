@@ -52,6 +52,11 @@ def launched_by_torchrun() -> bool:
     return all(name in os.environ for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
 
 
+def is_main_process() -> bool:
+    """True except in the ranks > 0 of a torchrun job (also after its process group is gone)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def initialized() -> bool:
     import torch.distributed as dist
 

@@ -84,10 +84,17 @@ def run_command(
     if not is_main_process():   # under torchrun rank 0 speaks for the job
         return
     last = run.read_metrics()[-1]
-    losses = (f"loss_fine {last['loss_fine']:.4f}  loss_coarse {last['loss_coarse']:.4f}"
+    losses = (f"loss_fine {last['loss_fine']:.4g}  loss_coarse {last['loss_coarse']:.4g}"
               if last["loss_fine"] is not None else "every step of the last interval was skipped (NaN/inf)")
     typer.echo(f"run: {run.path}\nstep {last['step']}: {losses}" +
-               (f"  ratio {last['ratio']:.3f}" if last.get("ratio") is not None else ""))
+               (f"  ratio {last['ratio']:.3f}" if last.get("ratio") is not None else "") + "  (training batches)")
+    held_out = run.read_metrics("val")
+    if held_out:
+        v = held_out[-1]
+        best = min(v["baseline_mean_latent"], v["baseline_copy_previous"])
+        typer.echo(f"held out ({v['clips']} clips): loss_fine {v['loss_fine']:.4g}  loss_coarse "
+                   f"{v['loss_coarse']:.4g}  best trivial baseline {best:.4g}  skill {v['skill']:.3f}\n"
+                   f"intervals, the autoregressive mode and every held-out clip: fovea eval {run.path}")
 
 
 @app.command("precompute")
@@ -96,7 +103,7 @@ def precompute_command(config: Path = ConfigArgument, overrides: List[str] = Set
     """Decode every clip once and cache frames + VAE latents (resumable; `fovea run` reuses the cache)."""
     from fovea.core.cache import build_cache
     from fovea.core.config import load_config
-    from fovea.core.train import resolve_device
+    from fovea.core.devices import resolve_device
 
     cfg = load_config(config, overrides)
     report = build_cache(cfg, resolve_device(cfg.run.device), progress=cfg.run.progress).report()
@@ -126,6 +133,42 @@ def profile_command(
     if is_main_process():
         render_table(report)
         typer.echo(f"wrote {Path(report['run']) / 'profile.json'} and profile.md")
+
+
+@app.command("eval")
+@user_errors
+def eval_command(
+    run_dir: Path = typer.Argument(..., help="A run directory, e.g. runs/latest.", show_default=False),
+    split: str = typer.Option("val", "--split", help="val: the held-out clips; train: clips the run trained on."),
+    clips: Optional[int] = typer.Option(None, "--clips", min=1, help="Evaluate at most N clips, evenly spread "
+                                        "(default: every held-out clip)."),
+    checkpoint: Optional[int] = typer.Option(None, "--checkpoint", metavar="STEP", min=0,
+                                             help="The checkpoint of this optimizer step (default: the newest)."),
+    modes: str = typer.Option("coarse,fine,autoregressive", "--modes",
+                              help="Comma-separated: coarse, fine, autoregressive."),
+) -> None:
+    """Did it learn, and did foveation help? Held-out losses of each mode against trivial baselines.
+
+    Writes eval.json and eval.md into the run (eval-train.json for --split train) and prints a table:
+    coarse (pass 1), fine (two passes, as trained), autoregressive (one pass with its own queries), the
+    mean-latent and copy-previous baselines, skill, improvement and the autoregressive gap, each with a
+    95 % bootstrap interval over clips.
+    """
+    from fovea.core.evaluation import evaluate_run, headline, rows
+    from fovea.core.rundir import RunDir
+
+    result = evaluate_run(run_dir, split=split, clips=clips, step=checkpoint,
+                          modes=[m.strip() for m in modes.split(",") if m.strip()])
+    typer.echo(f"{result['split']} split, {result['clips']} clips, checkpoint of step {result['step']} "
+               f"(MSE per clip; 95 % bootstrap interval over clips)")
+    table = rows(result)
+    widths = [max(len(row[i]) for row in table) for i in range(3)]
+    for row in table:
+        typer.echo("  " + "  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + f"  {row[3]}")
+    for line in headline(result):
+        typer.echo(line)
+    written = RunDir.open(run_dir).eval_file(split)
+    typer.echo(f"wrote {written} and {written.with_suffix('.md').name}")
 
 
 @config_app.command("show")

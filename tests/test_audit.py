@@ -60,8 +60,8 @@ def copy_run(run, tmp_path, edit_config=None):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """A tiny quick-start run (4 steps, 8 clips: exactly one epoch), trained once for the module."""
-    return train_tiny(tmp_path_factory)
+    """A tiny quick-start run (4 steps, 8 training clips and 1 held out: exactly one epoch), trained once."""
+    return train_tiny(tmp_path_factory, **{"data.num_clips": "9"})
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +72,22 @@ def aligned(tiny_run):
 # --------------------------------------------------------------------------- the aligned run
 
 
+@pytest.mark.parametrize("extra", [{"training.max_steps": "1", "training.save_every": "1"},
+                                   {"training.lr": "1e-12", "training.max_steps": "8", "training.save_every": "8"}],
+                         ids=["one-step", "lr-near-zero"])
+def test_a_run_that_has_not_learned_fails_on_held_out_clips(tmp_path_factory, extra):
+    run = train_tiny(tmp_path_factory, **extra)
+    checks = audit(run.path, check_results)
+    learned = checks["results.learned"]
+    assert learned.status == "fail" and learned.measurements["skill"] <= 0, learned.observed
+    assert checks["results.trend"].status != "pass"            # a falling training loss cannot pass it
+    assert json.loads(run.eval_file().read_text())["step"] == run.read_metrics()[-1]["step"]   # eval.json written
+
+
 def test_aligned_run_has_no_failures(aligned):
     checks = by_id(aligned)
-    assert not [c.id for c in aligned if c.status == "fail"]
+    # 4 steps learn nothing that a trivial predictor does not know: the one ❌ is that result, not the wiring
+    assert [c.id for c in aligned if c.status == "fail"] == ["results.learned"]
     for key in ("components.encoder", "components.llm", "components.head", "components.bridges",
                 "components.learned_queries", "components.vae", "wiring.pass1_static", "wiring.pass2_shift",
                 "wiring.pass2_follows_pass1", "wiring.no_target_leak", "wiring.encode_once", "query.encoder",
@@ -93,10 +106,11 @@ def test_aligned_run_has_no_failures(aligned):
 def test_cli_writes_report_json_and_table(tiny_run, tmp_path):
     run_dir = copy_run(tiny_run, tmp_path)
     result = runner.invoke(app, ["audit", str(run_dir), "--strict"])
-    assert result.exit_code == 0, result.output
-    assert "wiring.no_target_leak" in result.output and "0 ❌" in result.output
+    assert result.exit_code == 1, result.output            # 4 steps: ❌ results.learned, and --strict says so
+    assert "wiring.no_target_leak" in result.output and "1 ❌" in result.output
+    assert runner.invoke(app, ["audit", str(run_dir)]).exit_code == 0
     report = json.loads((run_dir / "audit.json").read_text())
-    assert report["counts"]["fail"] == 0 and report["run"] == str(run_dir.resolve())
+    assert report["counts"]["fail"] == 1 and report["run"] == str(run_dir.resolve())
     for check in report["checks"]:
         assert {"id", "status", "expected", "observed", "evidence", "section", "symbol"} <= set(check)
         assert check["status"] in ("pass", "warn", "fail", "info")
@@ -106,6 +120,7 @@ def test_cli_writes_report_json_and_table(tiny_run, tmp_path):
                     "ALIGNMENT SUMMARY", "RECOMMENDATIONS", "CONCLUSION"):
         assert heading in markdown
     assert "**STATUS: ✅ ALIGNED**" in markdown and "| **Two-pass wiring** | ✅ ALIGNED |" in markdown
+    assert "| **Results** | ❌ NOT LEARNED |" in markdown and "**❌ Not learned:**" in markdown
     assert not list(run_dir.glob(".*.tmp"))   # atomic writes leave no temp files
 
 
@@ -129,7 +144,7 @@ def test_trainable_vae_is_a_failure(tiny_run, tmp_path, monkeypatch):
     run_dir = copy_run(tiny_run, tmp_path)
     checks = by_id(audit_run(run_dir)[1])
     assert checks["components.vae"].status == "fail" and "requires_grad" in checks["components.vae"].reason
-    assert [c.id for c in checks.values() if c.status == "fail"] == ["components.vae"]
+    assert [c.id for c in checks.values() if c.status == "fail" and c.section != "results"] == ["components.vae"]
     result = runner.invoke(app, ["audit", str(run_dir), "--strict"])
     assert result.exit_code == 1 and "components.vae" in result.output
 
@@ -304,7 +319,7 @@ def test_skipped_intervals_are_left_out_of_the_result(tiny_run, tmp_path):
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     checks = audit(run_dir, check_results)
     assert checks["results.finite"].status == "warn" and "1 of 2" in checks["results.finite"].observed
-    assert checks["results.improvement"].measurements["loss_fine"] == pytest.approx(lines[1]["loss_fine"])
+    assert checks["results.overfitting"].measurements["train_fine"] == pytest.approx(lines[1]["loss_fine"])
 
 
 # --------------------------------------------------------------------------- resources

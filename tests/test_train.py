@@ -22,7 +22,7 @@ def test_run_directory_holds_everything(tmp_path):
     run = train(config)
     latest = tmp_path / "runs" / "latest"
     assert latest.is_symlink() and not latest.readlink().is_absolute() and latest.resolve() == run.path
-    for name in ("config.toml", "env.json", "metrics.jsonl", "summary.json", "data_report.json"):
+    for name in ("config.toml", "env.json", "metrics.jsonl", "summary.json", "data_report.json", "split.json"):
         assert (run.path / name).exists(), name
     assert [p.name for p in run.checkpoints()] == ["step-000004"]
     assert run.checkpoint_file == run.path / "checkpoints" / "step-000004" / "model.safetensors"
@@ -42,7 +42,9 @@ def test_run_directory_holds_everything(tmp_path):
     assert torch.__version__.startswith(env["packages"]["torch"]) and env["devices"]
     summary = json.loads(run.summary_file.read_text())
     assert summary["status"] == "completed" and summary["last"] == metrics[-1]
-    assert summary["epochs"] == pytest.approx(4 * 2 / 8)
+    assert summary["num_clips"] == 7 and summary["epochs"] == pytest.approx(4 * 2 / 7)   # 1 of the 8 clips held out
+    held_out = run.read_metrics("val")
+    assert [m["step"] for m in held_out] == [4] and summary["val"] == held_out[-1]
 
 
 def test_checkpoint_holds_the_trained_weights(tmp_path):

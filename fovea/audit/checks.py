@@ -11,9 +11,10 @@ model and a real batch, its metrics, its files), never with what the code says. 
   on the query, a residual head, an idle GPU.
 - ℹ️ ``info``: not measurable from this run; the record says how to measure it.
 
-Thresholds that are the spec's live in the spec file; results are never ❌ (a poor result is an
-outcome, not a misalignment), and neither are more epochs than the spec allows (⚠️: a risk of
-overfitting, measured by the eval loss, not a wiring error).
+Thresholds that are the spec's live in the spec file. Results are judged on held-out clips
+(``eval.json``): a model that does not beat the trivial baselines (the mean latent, a copy of the last
+frame) is ❌ — it learned nothing —, any other result is an outcome, never ❌ (a marginal improvement
+is ⚠️). More epochs than the spec allows are ⚠️ (a risk of overfitting, measured by the held-out loss).
 """
 
 from __future__ import annotations
@@ -860,7 +861,8 @@ def check_training(ev: "Evidence") -> list[Check]:
 
 
 def check_results(ev: "Evidence") -> list[Check]:
-    """loss_fine against loss_coarse after warm-up: improvement and its band, equal losses, trend."""
+    """Results on held-out clips (``eval.json``): learned beyond the trivial baselines, the improvement and
+    its interval, overfitting, the autoregressive gap; from the training metrics: finite losses, the trend."""
     spec = ev.spec.results
     warmup = ev.config.training.warmup_steps
     metrics = ev.metrics
@@ -878,57 +880,161 @@ def check_results(ev: "Evidence") -> list[Check]:
             evidence=window_note + "; steps with a NaN/inf loss are listed in nonfinite.jsonl",
             reason="steps were skipped or training diverged; the result below uses the finite lines only",
             recommendation="look at nonfinite.jsonl; lower the learning rate or check the data and targets"))
-    if not finite:
-        return checks
-    after = finite
-
-    tail = after[-max(1, len(after) // 4):]
-    fine = sum(m["loss_fine"] for m in tail) / len(tail)
-    coarse = sum(m["loss_coarse"] for m in tail) / len(tail)
-    improvement = (coarse - fine) / coarse if coarse else 0.0
-    ratio = coarse / fine if fine else math.inf
-    if improvement < spec.marginal:
-        band, status = "hurts", "warn"
-    elif improvement < spec.solid:
-        band, status = "marginal", "warn"
-    elif improvement < spec.strong:
-        band, status = "solid", "pass"
+    tail = finite[-max(1, len(finite) // 4):]
+    train_fine = sum(m["loss_fine"] for m in tail) / len(tail) if tail else None
+    train_coarse = sum(m["loss_coarse"] for m in tail) / len(tail) if tail else None
+    held = ev.evaluation
+    if held is None:
+        checks.append(Check(
+            "results.learned", "The model beats the trivial baselines on held-out clips", "results", "info",
+            expected="held-out loss_fine below the mean-latent and copy-previous baselines",
+            observed=f"not measurable: {ev.evaluation_origin}",
+            recommendation="train with held-out clips ([eval] val_fraction or val_clips) and audit again"))
     else:
-        band, status = "strong", "pass"
-    checks.append(Check(
-        "results.improvement", "Foveation improves the prediction", "results", status,
-        expected=(f"improvement = (loss_coarse − loss_fine) / loss_coarse: < {_pct(spec.marginal)} hurts, "
-                  f"{_pct(spec.marginal)}–{_pct(spec.solid)} marginal, {_pct(spec.solid)}–{_pct(spec.strong)} solid, "
-                  f"> {_pct(spec.strong)} strong"),
-        observed=(f"{improvement * 100:+.3f} % ({band}); loss_fine {fine:.6g}, loss_coarse {coarse:.6g}, "
-                  f"ratio coarse/fine {ratio:.4f}"),
-        evidence=f"mean over the last {len(tail)} of {window_note} in metrics.jsonl",
-        reason="" if status == "pass" else
-        ("the dynamic reads predict worse than the static ones" if band == "hurts" else
-         "the dynamic reads barely beat the static ones"),
-        recommendation="" if status == "pass" else
-        "train longer and with the spec's models; if the query probes warn, fix those first",
-        label=band.upper(), measurements={"improvement": improvement, "ratio": ratio, "loss_fine": fine,
-                                          "loss_coarse": coarse, "band": band, "window": len(tail)}))
-
+        checks.append(_learned_check(ev, held))
+    if held is not None:
+        checks.append(_improvement_check(ev, held["improvement"], held["modes"]["fine"]["loss"],
+                                         held["modes"]["coarse"]["loss"], f"{held['clips']} held-out clips, "
+                                         f"{ev.evaluation_origin}", interval=True))
+    elif tail:
+        checks.append(_improvement_check(ev, {"value": (train_coarse - train_fine) / train_coarse if train_coarse
+                                              else 0.0, "ci95": None}, train_fine, train_coarse,
+                                         f"training batches: mean over the last {len(tail)} of {window_note} in "
+                                         f"metrics.jsonl (no held-out clips)", interval=False))
+    if held is None and not tail:
+        return checks
+    fine, coarse = ((held["modes"]["fine"]["loss"], held["modes"]["coarse"]["loss"]) if held is not None
+                    else (train_fine, train_coarse))
     equal = abs(fine - coarse) <= 10 ** -spec.equal_decimals * max(abs(coarse), 1e-12)
     checks.append(Check(
         "results.losses_differ", "loss_fine and loss_coarse differ", "results", "warn" if equal else "pass",
         expected=f"loss_fine ≠ loss_coarse beyond {spec.equal_decimals} significant decimals",
         observed=f"relative difference {abs(fine - coarse) / max(abs(coarse), 1e-12):.2e}",
-        evidence="the same window as the improvement",
+        evidence="the same clips as the improvement",
         reason=("the symptom of the SPEC's failure modes (query too small or ignored, uniform attention, pass 2 "
                 "not fed by pass 1): see the wiring and query checks for the cause") if equal else "",
         recommendation="if the wiring and query checks pass, the model has not learnt to use the queries yet"
         if equal else "",
         measurements={"relative_difference": abs(fine - coarse) / max(abs(coarse), 1e-12)}))
+    if held is not None and train_fine is not None:
+        checks.append(_overfitting_check(ev, held, train_fine))
+    if held is not None and held.get("autoregressive_gap") is not None:
+        checks.append(_autoregressive_check(ev, held))
+    if tail:
+        learned = next((c for c in checks if c.id == "results.learned"), None)
+        checks.append(_trend_check(finite, window_note, learned))
+    return checks
 
+
+def _learned_check(ev: "Evidence", held: dict[str, Any]) -> Check:
+    """❌ when the fine pass does not beat the best trivial baseline on held-out clips."""
+    spec = ev.spec.results
+    best = held["best_baseline"]
+    baseline, fine = held["baselines"][best]["loss"], held["modes"]["fine"]["loss"]
+    skill, (low, high) = held["skill"], held["skill_ci95"]
+    if skill <= 0:
+        status, word = "fail", "NOT LEARNED"
+    elif low <= 0 or skill < spec.skill_low:
+        status, word = "warn", "LITTLE LEARNED"
+    else:
+        status, word = "pass", "LEARNED"
+    others = ", ".join(f"{name} {_fmt(entry['loss'])}" for name, entry in held["baselines"].items())
+    return Check(
+        "results.learned", "The model beats the trivial baselines on held-out clips", "results", status,
+        expected=(f"held-out loss_fine clearly below the best trivial baseline: skill = 1 − loss_fine / best "
+                  f"baseline > 0 with its interval above 0 (❌ at ≤ 0; ⚠️ below {_pct(spec.skill_low)})"),
+        observed=(f"skill {skill * 100:+.2f} % (95 % CI {low * 100:+.2f} … {high * 100:+.2f} %): loss_fine "
+                  f"{_fmt(fine)} vs {best} {_fmt(baseline)} ({others})"),
+        evidence=f"{held['clips']} held-out clips, checkpoint of step {held['step']}; {ev.evaluation_origin}",
+        reason={"fail": "the model learned nothing that predicting the mean latent or copying the last frame does "
+                        "not know: a falling training loss is not learning",
+                "warn": "the model barely beats a trivial predictor; its other figures (improvement) say little",
+                "pass": ""}[status],
+        recommendation="" if status == "pass" else
+        "train longer or with a larger learning rate, check that the targets are learnable (docs/quickstart.md), "
+        "and run the probes' checks above first",
+        label=word, measurements={"skill": skill, "skill_ci95": [low, high], "loss_fine": fine,
+                                  "best_baseline": best, "baseline_loss": baseline})
+
+
+def _improvement_check(ev: "Evidence", improvement: dict[str, Any], fine: float, coarse: float, evidence: str,
+                       interval: bool) -> Check:
+    """The spec's bands; on held-out clips an interval that includes 0 is marginal whatever the value."""
+    spec = ev.spec.results
+    value, ci = improvement["value"], improvement.get("ci95")
+    if value < spec.marginal and (ci is None or ci[1] < spec.marginal):
+        band = "hurts"
+    elif value < spec.solid or (ci is not None and ci[0] <= 0 <= ci[1]):
+        band = "marginal"
+    elif value < spec.strong:
+        band = "solid"
+    else:
+        band = "strong"
+    status = "pass" if band in ("solid", "strong") and interval else "warn"
+    ratio = coarse / fine if fine else math.inf
+    shown_ci = f" (95 % CI {ci[0] * 100:+.2f} … {ci[1] * 100:+.2f} %)" if ci is not None else " (no interval)"
+    return Check(
+        "results.improvement", "Foveation improves the prediction", "results", status,
+        expected=(f"improvement = (loss_coarse − loss_fine) / loss_coarse on held-out clips: < {_pct(spec.marginal)} "
+                  f"hurts, {_pct(spec.marginal)}–{_pct(spec.solid)} (or an interval that includes 0) marginal, "
+                  f"{_pct(spec.solid)}–{_pct(spec.strong)} solid, > {_pct(spec.strong)} strong"),
+        observed=(f"{value * 100:+.3f} %{shown_ci} ({band}); loss_fine {fine:.6g}, loss_coarse {coarse:.6g}, "
+                  f"ratio coarse/fine {ratio:.4f}"),
+        evidence=evidence,
+        reason="" if status == "pass" else
+        ("measured on training batches only: no held-out figure, no interval" if not interval and band in
+         ("solid", "strong") else "the dynamic reads predict worse than the static ones" if band == "hurts" else
+         "the dynamic reads barely beat the static ones, or the interval cannot tell them apart"),
+        recommendation="" if status == "pass" else
+        "train longer and with the spec's models; if the query probes warn, fix those first",
+        label=band.upper(), measurements={"improvement": value, "ci95": ci, "ratio": ratio, "loss_fine": fine,
+                                          "loss_coarse": coarse, "band": band, "held_out": interval})
+
+
+def _overfitting_check(ev: "Evidence", held: dict[str, Any], train_fine: float) -> Check:
+    spec = ev.spec.results
+    val_fine = held["modes"]["fine"]["loss"]
+    ratio = val_fine / train_fine if train_fine > 0 else math.inf
+    epochs = ev.summary.get("epochs")
+    over = ratio > spec.overfit_ratio
+    return Check(
+        "results.overfitting", "Held-out loss close to the training loss", "results", "warn" if over else "pass",
+        expected=f"held-out loss_fine at most {spec.overfit_ratio:g} × the training loss_fine",
+        observed=(f"held-out {_fmt(val_fine)} vs training {_fmt(train_fine)} (× {ratio:.3f}); "
+                  f"{_fmt(epochs)} epochs over the training clips"),
+        evidence="eval.json against the last quarter of the training lines of metrics.jsonl",
+        reason=f"the model fits its training clips better than unseen ones: {_fmt(epochs)} epochs" if over else "",
+        recommendation="more clips, fewer steps (SPEC: never past one epoch), or more weight decay" if over else "",
+        label="OVERFITTING" if over else "", measurements={"ratio": ratio, "val_fine": val_fine,
+                                                            "train_fine": train_fine, "epochs": epochs})
+
+
+def _autoregressive_check(ev: "Evidence", held: dict[str, Any]) -> Check:
+    spec = ev.spec.results
+    gap = held["autoregressive_gap"]
+    low, high = gap["ci95"]
+    wide = gap["value"] > spec.autoregressive_gap
+    return Check(
+        "results.autoregressive_gap", "The deployed model predicts as well as the trained one", "results",
+        "warn" if wide else "pass",
+        expected=(f"one pass with the model's own queries (as deployed) within {_pct(spec.autoregressive_gap)} of "
+                  f"the two-pass loss it was trained with"),
+        observed=(f"gap {gap['value'] * 100:+.2f} % (95 % CI {low * 100:+.2f} … {high * 100:+.2f} %): "
+                  f"autoregressive {_fmt(held['modes']['autoregressive']['loss'])} vs fine "
+                  f"{_fmt(held['modes']['fine']['loss'])}"),
+        evidence=f"{held['clips']} held-out clips; {ev.evaluation_origin}",
+        reason=("pass 2 is trained on queries made by pass 1 (static reads); a deployed model reads with queries "
+                "made from its own dynamic reads, which training never shows it") if wide else "",
+        recommendation="report the autoregressive figure next to the two-pass one" if wide else "",
+        label="TRAIN/INFERENCE GAP" if wide else "", measurements={"gap": gap})
+
+
+def _trend_check(after: list[dict[str, Any]], window_note: str, learned: Check | None) -> Check:
+    """The training loss falls; never ✅ for a model that does not clearly beat the trivial baselines."""
     quarter = max(1, len(after) // 4)
     start = sum(m["loss_fine"] + m["loss_coarse"] for m in after[:quarter]) / quarter
     end = sum(m["loss_fine"] + m["loss_coarse"] for m in after[-quarter:]) / quarter
     change = (end - start) / start if start else 0.0
-    first_imp = [(m["loss_coarse"] - m["loss_fine"]) / m["loss_coarse"] for m in after[:quarter] if m["loss_coarse"]]
-    trend_imp = (sum(first_imp) / len(first_imp)) if first_imp else None
     if len(after) < 2:
         status, word = "info", "too few lines"
     elif change <= -0.01:
@@ -937,19 +1043,22 @@ def check_results(ev: "Evidence") -> list[Check]:
         status, word = "warn", "flat"
     else:
         status, word = "warn", "rising"
-    checks.append(Check(
-        "results.trend", "Training loss trend", "results", status,
-        expected="the loss decreases after warm-up",
-        observed=(f"{word}: mean loss_fine + loss_coarse {start:.6g} → {end:.6g} ({change * 100:+.1f} %) from the first to the last "
-                  f"quarter; improvement {('%+.3f %%' % (trend_imp * 100)) if trend_imp is not None else 'n/a'} → "
-                  f"{improvement * 100:+.3f} %"),
-        evidence=window_note + " (training loss; the run logs no eval loss)",
-        reason="" if status in ("pass", "info") else
+    reason = "" if status in ("pass", "info") else \
         ("the loss no longer falls: converged, a learning rate too low, or too few steps" if word == "flat" else
-         "the loss rises: too high a learning rate, or divergence"),
+         "the loss rises: too high a learning rate, or divergence")
+    if status == "pass" and learned is not None and learned.status != "pass":
+        status = "warn"
+        reason = ("the training loss falls, but the held-out loss does not clearly beat the trivial baselines "
+                  "(results.learned): a falling loss is not learning")
+    return Check(
+        "results.trend", "Training loss trend", "results", status,
+        expected="the loss decreases after warm-up, towards a model that beats the trivial baselines",
+        observed=(f"{word}: mean loss_fine + loss_coarse {start:.6g} → {end:.6g} ({change * 100:+.1f} %) from the "
+                  f"first to the last quarter"),
+        evidence=window_note + " (training batches)",
+        reason=reason,
         recommendation="" if status in ("pass", "info") else "look at the lr schedule and grad_norm in metrics.jsonl",
-        measurements={"start": start, "end": end, "change": change}))
-    return checks
+        measurements={"start": start, "end": end, "change": change})
 
 
 # --------------------------------------------------------------------------- 7. resources

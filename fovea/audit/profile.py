@@ -134,7 +134,7 @@ def profile(config: FoveaConfig, run: RunDir | None, steps: int, warmup: int) ->
     """Profile ``steps`` training steps after ``warmup``; write profile.json/.md into ``run`` (None: a new
     run directory, made by rank 0 under torchrun); return the figures (rank 0's, with every rank's)."""
     from fovea.core import distributed
-    from fovea.core.train import resolve_device
+    from fovea.core.devices import resolve_device
 
     device = resolve_device(config.run.device)
     with distributed.process_group(config.distributed.backend, device) as world:

@@ -185,9 +185,14 @@ def figure_lines(run_path) -> list[str]:
 def conclusion(checks: list[Check]) -> str:
     total = counts(checks)
     failing = [c for c in checks if c.status == "fail"]
+    misaligned = [c for c in failing if c.section != "results"]
+    if misaligned:
+        return (f"**❌ Not aligned:** {len(misaligned)} checks contradict the spec "
+                f"({', '.join(f'`{c.id}`' for c in misaligned)}). Fix those before reading the results.")
     if failing:
-        return (f"**❌ Not aligned:** {total['fail']} checks contradict the spec "
-                f"({', '.join(f'`{c.id}`' for c in failing)}). Fix those before reading the results.")
+        return (f"**❌ Not learned:** no measured check contradicts the spec, but on held-out clips the model does not "
+                f"beat a trivial predictor ({', '.join(f'`{c.id}`' for c in failing)}): its other results say nothing "
+                f"yet. Train it until it does (see the recommendations).")
     if total["warn"]:
         return (f"**✅ No misalignment found; ⚠️ {total['warn']} deviations or symptoms to review.** The wiring, "
                 f"trainability and query probes were measured on the rebuilt model; the warnings are changed "

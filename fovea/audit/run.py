@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from fovea.audit.spec import Spec, load_spec
+from fovea.core.checkpoint import load_weights
 from fovea.core.config import FoveaConfig
 from fovea.core.errors import FoveaError
 from fovea.core.rundir import RunDir
@@ -55,6 +56,8 @@ class Evidence:
     latents: torch.Tensor             # (B, T, C, h, w) float32
     batch_origin: str                 # which clips the probes read
     batch_is_real: bool = True
+    evaluation: dict[str, Any] | None = None   # eval.json of the newest checkpoint (held-out figures)
+    evaluation_origin: str = ""                # where it came from, or why there is none
 
     @property
     def world_size(self) -> int:
@@ -88,11 +91,11 @@ def load_evidence(run_dir: str | Path, spec_path: str | Path | None = None) -> E
     config = fovea.load_config(run.config_file)
     spec = load_spec(spec_path if spec_path is not None else config.run.spec)
     metrics = read_metrics(run)
-    summary = read_json(run.summary_file, required=True,
-                        missing="the run did not finish (or crashed before writing it); audit a finished run")
-    env = read_json(run.env_file)
-    data_report = read_json(run.data_report_file)
-    profile = read_json(run.profile_file)
+    summary = run.read_json(run.summary_file, required=True,
+                            missing="the run did not finish (or crashed before writing it); audit a finished run")
+    env = run.read_json(run.env_file)
+    data_report = run.read_json(run.data_report_file)
+    profile = run.read_json(run.profile_file)
     checkpoint = run.checkpoint_file   # the newest complete checkpoint's weights; a FoveaError if none
     if not checkpoint.exists():
         raise FoveaError(f"{checkpoint}: missing; the run's newest checkpoint has no weights. Restore the file, "
@@ -101,33 +104,38 @@ def load_evidence(run_dir: str | Path, spec_path: str | Path | None = None) -> E
     with torch.random.fork_rng(devices=[]):
         initial = fovea.build_model(config).eval()   # seeded by run.seed: the run's initialisation
     model = copy.deepcopy(initial)
-    extra = load_checkpoint(model, checkpoint)
+    extra = load_weights(model, checkpoint)
     vae, vae_origin, vae_change = load_run_vae(run, config, data_report)
     frames, batch_origin, batch_is_real = read_probe_batch(config)
     latents = compute_latents(vae, frames, config)
+    evaluation, evaluation_origin = read_evaluation(run)
     return Evidence(run=run, spec=spec, config=config, metrics=metrics, summary=summary, env=env,
                     data_report=data_report, profile=profile, initial=initial, model=model,
                     checkpoint_extra=extra, vae=vae, vae_origin=vae_origin, vae_change=vae_change,
-                    frames=frames, latents=latents, batch_origin=batch_origin, batch_is_real=batch_is_real)
+                    frames=frames, latents=latents, batch_origin=batch_origin, batch_is_real=batch_is_real,
+                    evaluation=evaluation, evaluation_origin=evaluation_origin)
 
 
 # --------------------------------------------------------------------------- the run's files
 
 
-def read_json(path: Path, required: bool = False, missing: str = "") -> dict[str, Any] | None:
-    """A JSON object file of the run; ``None`` if absent and optional; a ``FoveaError`` if corrupt."""
-    if not path.is_file():
-        if required:
-            raise FoveaError(f"{path}: missing; {missing}")
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise FoveaError(f"{path}: not valid JSON ({exc}); the file is corrupt: restore it, or delete it "
-                         f"if it is optional (profile.json, data_report.json, env.json)") from None
-    if not isinstance(data, dict):
-        raise FoveaError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
+def read_evaluation(run: RunDir) -> tuple[dict[str, Any] | None, str]:
+    """The held-out figures of the run's newest checkpoint: ``eval.json`` when it is of that checkpoint
+    and holds every mode, else ``fovea eval`` run now (it writes ``eval.json``); ``None`` and the reason
+    when the run holds out no clips."""
+    from fovea.core.evaluation import MODES, evaluate_run
+
+    newest = int(run.latest_checkpoint.name[5:])
+    current = run.read_json(run.eval_file())
+    if current is not None and current.get("step") == newest and set(MODES) <= set(current.get("modes", {})):
+        return current, f"{run.eval_file().name} (`fovea eval`, checkpoint of step {newest})"
+    split = run.read_json(run.split_file)
+    if split is None:
+        return None, "the run recorded no held-out split (no split.json: it predates [eval])"
+    if not split.get("num_val"):
+        return None, "the run holds out no clips ([eval] val_fraction = 0)"
+    result = evaluate_run(run.path, progress=False)
+    return result, f"`fovea eval` run by the audit on the checkpoint of step {newest} (wrote {run.eval_file().name})"
 
 
 def read_metrics(run: RunDir) -> list[dict[str, Any]]:
@@ -146,45 +154,6 @@ def read_metrics(run: RunDir) -> list[dict[str, Any]]:
         if absent:
             raise FoveaError(f"{path}, record {number}: no {', '.join(absent)}; not a fovea metrics line")
     return records
-
-
-def load_checkpoint(model: torch.nn.Module, path: Path) -> list[str]:
-    """Load ``model.safetensors`` (or an FSDP run's ``sharded/`` directory) into ``model``; returns the
-    names of tensors the model does not have.
-
-    Tensors named ``vae.*`` are returned for the VAE check to report; a checkpoint that misses any of
-    the model's tensors, or holds other foreign ones, was not written for this config: an error.
-    """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_model
-
-    if path.is_dir():
-        from fovea.core.checkpoint import load_sharded_weights
-
-        try:
-            load_sharded_weights(model, path)
-        except Exception as exc:  # DCP reports a missing file, a missing key or a shape mismatch in many ways
-            reason = " ".join(str(exc).split())[:300]
-            raise FoveaError(f"{path}: the sharded checkpoint does not load into the model that config.toml "
-                             f"builds ({type(exc).__name__}: {reason}); it is damaged or comes from another "
-                             f"config") from None
-        return []
-
-    try:
-        missing, unexpected = load_model(model, str(path), strict=False)
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise FoveaError(f"{path}: not a readable safetensors checkpoint ({exc}); the file is corrupt or "
-                         f"truncated. Restore it, or train again") from None
-    except RuntimeError as exc:   # shapes that do not fit the model the config builds
-        reason = str(exc).strip().splitlines()[-1].strip()
-        raise FoveaError(f"{path}: does not fit the model that config.toml builds ({reason}); the checkpoint "
-                         f"comes from another config") from None
-    foreign = [name for name in unexpected if not name.startswith("vae.")]
-    if missing or foreign:
-        what = (f"lacks {len(missing)} of the model's tensors (e.g. {missing[0]})" if missing
-                else f"holds {len(foreign)} tensors the model does not have (e.g. {foreign[0]})")
-        raise FoveaError(f"{path}: {what}; the checkpoint comes from another config or code version")
-    return sorted(unexpected)
 
 
 def load_run_vae(run: RunDir, config: FoveaConfig, data_report: dict | None):

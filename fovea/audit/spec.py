@@ -146,6 +146,13 @@ class ResultsSpec(SpecTable):
     """Improvement from which the result is strong (SPEC: 0.15)."""
     equal_decimals: int = Field(3, ge=1)
     """loss_fine equal to loss_coarse to this many decimals is the failure modes' symptom (⚠️)."""
+    skill_low: float = Field(0.1, ge=0.0)
+    """Held-out skill ``1 − loss_fine / best trivial baseline`` below which the model learned little beyond
+    the mean or a copy of the last frame (⚠️); at or below 0 it learned nothing they do not know (❌)."""
+    overfit_ratio: float = Field(1.25, ge=1.0)
+    """Held-out loss_fine above this multiple of the training loss_fine is a sign of overfitting (⚠️)."""
+    autoregressive_gap: float = Field(0.1, ge=0.0)
+    """A deployed (autoregressive) loss more than this fraction above the two-pass loss is ⚠️ (train/inference gap)."""
 
     @model_validator(mode="after")
     def _ordered(self):

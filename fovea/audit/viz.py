@@ -45,7 +45,8 @@ def visualize(run_dir: str | Path, clips: int = 2) -> list[Path]:
 
     matplotlib.use("Agg")   # files only: no display needed
     import fovea
-    from fovea.audit.run import load_checkpoint, load_run_vae, read_json
+    from fovea.audit.run import load_run_vae
+    from fovea.core.checkpoint import load_weights
 
     if clips < 1:
         raise FoveaError("--clips must be at least 1")
@@ -55,10 +56,10 @@ def visualize(run_dir: str | Path, clips: int = 2) -> list[Path]:
     if not metrics:
         raise FoveaError(f"{run.metrics_file}: no metrics; the run stopped before its first log line")
     checkpoint = run.checkpoint_file   # the newest complete checkpoint; a FoveaError if none
-    data_report = read_json(run.data_report_file)
+    data_report = run.read_json(run.data_report_file)
     with torch.random.fork_rng(devices=[]):
         model = fovea.build_model(config).eval()
-        load_checkpoint(model, checkpoint)
+        load_weights(model, checkpoint)
         vae, _, _ = load_run_vae(run, config, data_report)
         frames, latents = read_clips(config, data_report, vae, clips)
         with torch.no_grad():

@@ -312,6 +312,44 @@ def load_sharded_weights(model: torch.nn.Module, directory: Path) -> None:
     model.load_state_dict(state)
 
 
+def load_weights(model: torch.nn.Module, path: Path) -> list[str]:
+    """Load ``model.safetensors`` (or an FSDP run's ``sharded/`` directory) into ``model``; returns the
+    names of tensors the model does not have.
+
+    For the readers of a run (eval, audit, viz). Tensors named ``vae.*`` are returned for the audit's VAE
+    check to report; a checkpoint that misses any of the model's tensors, or holds other foreign ones,
+    was not written for this config: an error.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model
+
+    if path.is_dir():
+        try:
+            load_sharded_weights(model, path)
+        except Exception as exc:  # DCP reports a missing file, a missing key or a shape mismatch in many ways
+            reason = " ".join(str(exc).split())[:300]
+            raise FoveaError(f"{path}: the sharded checkpoint does not load into the model that config.toml "
+                             f"builds ({type(exc).__name__}: {reason}); it is damaged or comes from another "
+                             f"config") from None
+        return []
+
+    try:
+        missing, unexpected = load_model(model, str(path), strict=False)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise FoveaError(f"{path}: not a readable safetensors checkpoint ({exc}); the file is corrupt or "
+                         f"truncated. Restore it, or train again") from None
+    except RuntimeError as exc:   # shapes that do not fit the model the config builds
+        reason = str(exc).strip().splitlines()[-1].strip()
+        raise FoveaError(f"{path}: does not fit the model that config.toml builds ({reason}); the checkpoint "
+                         f"comes from another config") from None
+    foreign = [name for name in unexpected if not name.startswith("vae.")]
+    if missing or foreign:
+        what = (f"lacks {len(missing)} of the model's tensors (e.g. {missing[0]})" if missing
+                else f"holds {len(foreign)} tensors the model does not have (e.g. {foreign[0]})")
+        raise FoveaError(f"{path}: {what}; the checkpoint comes from another config or code version")
+    return sorted(unexpected)
+
+
 def _dcp_load(state: dict[str, Any], directory: Path) -> None:
     """``dcp.load`` into ``state`` in place: resharded to the layout of its tensors, in any world size."""
     import warnings

@@ -162,6 +162,24 @@ class DistributedConfig(Section):
     """Process-group backend: ``auto`` is NCCL on CUDA and gloo on CPU."""
 
 
+class EvalConfig(Section):
+    val_fraction: float = Field(0.05, ge=0.0, lt=1.0)
+    """Share of the clips held out for evaluation (at least one clip when > 0); ignored when ``val_clips`` or ``path`` is set."""
+    val_clips: int | None = Field(None, ge=0)
+    """Number of clips held out (instead of ``val_fraction``); 0 holds out none."""
+    path: str | None = None
+    """A separate held-out source: the ``[data]`` source read from this path instead of its ``path`` (e.g. a
+    ``videos`` directory); every clip of it is held out and every clip of ``[data]`` trains."""
+    every: int = Field(1000, ge=1)
+    """Evaluate the held-out clips every this many optimizer steps, and at the end (SPEC: 1 000)."""
+    max_clips: int = Field(64, ge=1)
+    """Held-out clips read by the evaluations during training (``fovea eval`` reads them all)."""
+    batch_size: int = Field(16, ge=1)
+    """Clips per forward pass when evaluating."""
+    baseline_clips: int = Field(1024, ge=1)
+    """Training clips averaged for the ``mean_latent`` baseline."""
+
+
 class FoveaConfig(Section):
     """The whole run: one root model whose sections mirror the TOML tables."""
 
@@ -177,6 +195,8 @@ class FoveaConfig(Section):
     """``[precision]``: autocast dtype."""
     distributed: DistributedConfig = DistributedConfig()
     """``[distributed]``: how processes started by torchrun share the work (ignored in a single process)."""
+    eval: EvalConfig = EvalConfig()
+    """``[eval]``: the held-out clips and how often they are evaluated during training."""
 
     def plugin_tables(self) -> Iterator[tuple[str, str, PluginTable]]:
         """``(dotted path, part kind, table)`` for every table that names a plugin part."""

@@ -22,15 +22,15 @@ from fovea.core.errors import FoveaError
 
 
 class ShuffledIndices(BaseNode[int]):
-    """Clip indices forever: epoch e is a permutation drawn from (seed, e). State: epoch and position."""
+    """Clip indices forever: epoch e is a permutation of ``indices`` drawn from (seed, e). State: epoch and position."""
 
-    def __init__(self, num_clips: int, seed: int, start: dict[str, int] | None = None):
+    def __init__(self, indices: list[int], seed: int, start: dict[str, int] | None = None):
         super().__init__()
-        self.num_clips, self.seed, self.start = num_clips, seed, start or {"epoch": 0, "position": 0}
+        self.indices, self.seed, self.start = list(indices), seed, start or {"epoch": 0, "position": 0}
 
     def _permutation(self) -> list[int]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return torch.randperm(self.num_clips, generator=generator).tolist()
+        return [self.indices[i] for i in torch.randperm(len(self.indices), generator=generator).tolist()]
 
     def reset(self, initial_state: dict[str, Any] | None = None) -> None:
         super().reset(initial_state)
@@ -39,7 +39,7 @@ class ShuffledIndices(BaseNode[int]):
         self._order = self._permutation()
 
     def next(self) -> int:
-        if self.position == self.num_clips:
+        if self.position == len(self.indices):
             self.epoch, self.position = self.epoch + 1, 0
             self._order = self._permutation()
         self.position += 1
@@ -50,22 +50,25 @@ class ShuffledIndices(BaseNode[int]):
 
 
 def build_loader(cache: ClipCache, config: FoveaConfig, device: torch.device,
-                 position: dict[str, int] | None = None, rank: int = 0, world_size: int = 1) -> Loader:
+                 position: dict[str, int] | None = None, rank: int = 0, world_size: int = 1,
+                 indices: list[int] | None = None) -> Loader:
     """An endless, stateful loader of ``{"frames", "latents", "index"}`` batches of ``training.batch_size``.
 
-    ``position`` (``sample_position`` of a saved state) starts it where a checkpointed loader stopped;
-    it counts clips of the global stream, the same on every rank.
+    ``indices``: the cache's clips to train on (the training split; default all). ``position``
+    (``sample_position`` of a saved state) starts it where a checkpointed loader stopped; it counts
+    clips of the global stream, the same on every rank.
     """
     data, batch_size = config.data, config.training.batch_size
-    if batch_size * world_size > len(cache):
+    indices = list(range(len(cache))) if indices is None else indices
+    if batch_size * world_size > len(indices):
         across = f" x {world_size} processes" if world_size > 1 else ""
-        raise FoveaError(f"training.batch_size ({batch_size}){across} is larger than the {len(cache)} clips in "
-                         f"the data set")
-    if position is not None and not 0 <= position["position"] <= len(cache):
+        raise FoveaError(f"training.batch_size ({batch_size}){across} is larger than the {len(indices)} training "
+                         f"clips in the data set")
+    if position is not None and not 0 <= position["position"] <= len(indices):
         raise FoveaError(f"the checkpoint's loader stopped at clip {position['position']} of an epoch, but the "
-                         f"data set has {len(cache)} clips: the data changed since the run started")
-    indices = ShuffledIndices(len(cache), config.run.seed, position)
-    node: BaseNode = Batcher(indices, batch_size=batch_size * world_size, drop_last=True)
+                         f"data set has {len(indices)} training clips: the data changed since the run started")
+    stream = ShuffledIndices(indices, config.run.seed, position)
+    node: BaseNode = Batcher(stream, batch_size=batch_size * world_size, drop_last=True)
     if world_size > 1:
         node = Mapper(node, lambda batch: batch[rank * batch_size:(rank + 1) * batch_size])   # this rank's slice
     if data.num_workers > 0:

@@ -95,6 +95,39 @@ class FoveatedVLM(nn.Module):
             pred_fine=pred_fine, pred_coarse=pred_coarse, queries=queries,
             attention_static=att_static, attention_dynamic=att_dynamic)
 
+    def autoregressive(self, frames: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """What a deployed model does: one pass, frame t read with the query this pass made after frame t-1.
+
+        The LLM runs over ``[fine_token, z_1 .. z_{T-1}]`` one frame at a time on its KV cache (frame T
+        informs no prediction, so it is not read). Frames uint8 (B, T, 3, S, S), latents (B, T, C, h, w)
+        -> predictions (B, T, C, h, w), frame t from frames < t. With queries that do not depend on what
+        was read, this equals ``forward``'s ``pred_fine``.
+        """
+        import inspect
+
+        from transformers import DynamicCache
+
+        B, T = frames.shape[:2]
+        # transformers 5 names the KV cache argument `cache`; 4.x `past_key_values`
+        name = "cache" if "cache" in inspect.signature(self.llm.forward).parameters else "past_key_values"
+        past = {name: DynamicCache()}
+
+        def step(inputs: torch.Tensor) -> torch.Tensor:                       # (B, 1, H) -> state (B, H)
+            return self.llm(inputs_embeds=inputs, use_cache=True, **past).last_hidden_state[:, -1]
+
+        hidden = step(self.fine_token.expand(B, -1, -1))                        # (B, H): state before z_1
+        query = self.q_init.expand(B, -1)                                       # (B, D): reads frame 1
+        states = [hidden]
+        for t in range(T - 1):                                                  # causal: frame by frame
+            cache = self.encoder.encode(frames[:, t].float().div(255.0))        # frame t of every clip, once
+            z = self.encoder.attend(query.to(hidden.dtype), cache)              # (B, D)
+            tokens = self.dino_to_llm(z)[:, None]                               # (B, 1, H)
+            hidden = step(tokens)                                               # state after frame t
+            query = self.query_head(hidden)                                     # reads frame t + 1
+            states.append(hidden)
+        prev = torch.cat([self.z_vae_init.expand(B, 1, -1, -1, -1), latents[:, :-1]], dim=1)  # (B, T, C, h, w)
+        return self._predict(torch.stack(states, dim=1), prev)                 # (B, T, C, h, w)
+
 
 def build_encoder(config: FoveaConfig) -> nn.Module:
     from fovea.core.plugins import get_part

@@ -4,8 +4,10 @@ Layout of ``<output_dir>/<timestamp>-<name>/``: ``config.toml`` (resolved), ``en
 ``metrics.jsonl``, ``checkpoints/step-NNNNNN/`` (the newest ``training.keep_checkpoints``; a ``step-N``
 directory is always complete, see ``fovea.core.checkpoint``), ``nonfinite.jsonl`` (steps whose loss
 or gradient was NaN/inf, with their clips), ``data_report.json`` (the clip cache used, the VAE of its
-targets, skipped files and why), ``summary.json`` (once the run finished); ``profile.json``
-(``fovea profile``) and ``audit.md``/``audit.json`` (``fovea audit``) when those ran.
+targets, skipped files and why), ``split.json`` (the held-out clips), ``summary.json`` (once the run
+finished); ``profile.json`` (``fovea profile``), ``eval.json``/``eval.md`` (``fovea eval``) and
+``audit.md``/``audit.json`` (``fovea audit``) when those ran. ``metrics.jsonl`` holds training rows and,
+marked ``"split": "val"``, the held-out evaluations made during training.
 ``<output_dir>/latest`` is a relative symlink to the newest run.
 """
 
@@ -40,6 +42,11 @@ class RunDir:
     data_report_file = property(lambda self: self.path / "data_report.json")
     env_file = property(lambda self: self.path / "env.json")
     profile_file = property(lambda self: self.path / "profile.json")   # written by `fovea profile`
+    split_file = property(lambda self: self.path / "split.json")       # the held-out clips
+
+    def eval_file(self, split: str = "val") -> Path:
+        """``eval.json`` (held-out clips) or ``eval-train.json``, written by `fovea eval`."""
+        return self.path / ("eval.json" if split == "val" else f"eval-{split}.json")
 
     @classmethod
     def create(cls, config: FoveaConfig) -> "RunDir":
@@ -94,6 +101,17 @@ class RunDir:
                              f"the run stopped before its first save (training.save_every); start it again")
         return checkpoints[-1]
 
+    def checkpoint_at(self, step: int) -> Path:
+        """The complete checkpoint directory of optimizer step ``step``; an error lists the ones kept."""
+        found = self.checkpoint_dir(step)
+        if found not in self.checkpoints():
+            kept = ", ".join(str(int(p.name[5:])) for p in self.checkpoints()) or "none"
+            raise FoveaError(f"{self.path} has no complete checkpoint of step {step} (kept: {kept})")
+        return found
+
+    def checkpoint_dir(self, step: int) -> Path:
+        return self.checkpoints_dir / checkpoint_name(step)
+
     @property
     def checkpoint_file(self) -> Path:
         """The weights of the newest complete checkpoint: its ``model.safetensors``, or the ``sharded/``
@@ -101,8 +119,12 @@ class RunDir:
         legacy = self.path / "model.safetensors"
         if legacy.is_file() and not self.checkpoints():
             return legacy
-        newest = self.latest_checkpoint
-        return newest / "sharded" if (newest / "sharded").is_dir() else newest / "model.safetensors"
+        return self.weights_file(self.latest_checkpoint)
+
+    @staticmethod
+    def weights_file(checkpoint: Path) -> Path:
+        """The weights in a checkpoint directory: ``model.safetensors``, or ``sharded/`` (FSDP2)."""
+        return checkpoint / "sharded" if (checkpoint / "sharded").is_dir() else checkpoint / "model.safetensors"
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -133,12 +155,28 @@ class RunDir:
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, self.path / name)
 
+    def read_json(self, path: Path, required: bool = False, missing: str = "") -> dict[str, Any] | None:
+        """A JSON object file of the run; ``None`` if absent and optional; a ``FoveaError`` if corrupt."""
+        if not path.is_file():
+            if required:
+                raise FoveaError(f"{path}: missing; {missing}")
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise FoveaError(f"{path}: not valid JSON ({exc}); the file is corrupt: restore it, or delete it "
+                             f"if it is optional (profile.json, eval.json, data_report.json, env.json)") from None
+        if not isinstance(data, dict):
+            raise FoveaError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        return data
+
     def append_metrics(self, record: dict[str, Any]) -> None:
         with self.metrics_file.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
-    def read_metrics(self) -> list[dict[str, Any]]:
-        """The logged lines, checked: each a JSON object with a larger ``step`` than the one before.
+    def read_metrics(self, split: str | None = "train") -> list[dict[str, Any]]:
+        """The logged lines of ``split`` (``"train"``, ``"val"``, or ``None`` for all, in file order),
+        checked: each a JSON object with a larger ``step`` than the one before of its split.
 
         A torn last line (the process was killed while appending it) is left out; any other bad line
         is a ``FoveaError`` naming it.
@@ -150,6 +188,7 @@ class RunDir:
         except (OSError, UnicodeDecodeError) as exc:
             raise FoveaError(f"{self.metrics_file} is unreadable ({exc}); restore it or start the run again") from None
         records: list[dict[str, Any]] = []
+        last: dict[str, int] = {}   # the last step of each split
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
@@ -159,13 +198,15 @@ class RunDir:
                 if number == len(lines):   # no newline after it: cut off mid-write
                     break
                 record = None
+            kind = record.get("split", "train") if isinstance(record, dict) else None
             if not isinstance(record, dict) or not isinstance(record.get("step"), int) or \
-                    (records and record["step"] <= records[-1]["step"]):
+                    (kind in last and record["step"] <= last[kind]):
                 raise FoveaError(f"{self.metrics_file}, line {number}: not a metrics record following step "
-                                 f"{records[-1]['step'] if records else 0} ({line[:80]!r}); the file is corrupt: "
+                                 f"{last.get(kind, 0)} ({line[:80]!r}); the file is corrupt: "
                                  f"restore it or start the run again")
+            last[kind] = record["step"]
             records.append(record)
-        return records
+        return [r for r in records if split is None or r.get("split", "train") == split]
 
     def rewrite_metrics(self, records: list[dict[str, Any]]) -> None:
         """Replace ``metrics.jsonl`` by ``records`` atomically (a resumed run drops the steps it will redo)."""

@@ -33,9 +33,10 @@ def open_writer(run_path: Path):
 
 
 def log_scalars(writer, record: dict[str, Any]) -> None:
-    """Every number of a metrics line as ``train/<key>`` at its step (``None``s, from skipped steps, left out)."""
-    step = record["step"]
+    """Every number of a metrics line as ``<split>/<key>`` (``train/``, ``val/``) at its step (``None``s, from
+    skipped steps, left out)."""
+    step, split = record["step"], record.get("split", "train")
     for key, value in record.items():
         if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
-            writer.add_scalar(f"train/{key}", value, step)
+            writer.add_scalar(f"{split}/{key}", value, step)
     writer.flush()

@@ -31,23 +31,12 @@ import torch
 
 from fovea.core.attention import STAT_KEYS, attention_stats
 from fovea.core.config import FoveaConfig, config_to_toml
+from fovea.core.devices import DTYPES, resolve_device
 from fovea.core.errors import FoveaError
 from fovea.core.rundir import RunDir
 from fovea.core.timing import PhaseTimer
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 NONFINITE_FILE = "nonfinite.jsonl"
-
-
-def resolve_device(name: str) -> torch.device:
-    """The device ``run.device`` names; under torchrun, the GPU of this process's local rank."""
-    from fovea.core.distributed import local_device
-
-    if name == "auto":
-        return local_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    if name == "cuda" and not torch.cuda.is_available():
-        raise FoveaError("run.device = 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
-    return local_device(torch.device(name))
 
 
 def seed_everything(seed: int) -> None:
@@ -249,8 +238,10 @@ def train(config: FoveaConfig, resume: RunDir | None = None, force: bool = False
     from fovea.core import distributed
     from fovea.core.cache import build_cache
     from fovea.core.checkpoint import check_settings, read_checkpoint, restore_rng, restore_training
+    from fovea.core.evaluation import Evaluator
     from fovea.core.loader import build_loader, sample_position, shutdown
     from fovea.core.model import build_model
+    from fovea.core.split import build_split
     from fovea.core.tensorboard import open_writer, require_tensorboard
 
     with contextlib.ExitStack() as stack:
@@ -274,16 +265,20 @@ def train(config: FoveaConfig, resume: RunDir | None = None, force: bool = False
             distributed.on_main(check_resumable)
             # The other ranks read what rank 0 verified.
             checkpoint = checked[0] if checked else read_checkpoint(resume.latest_checkpoint, verify=False)
-            kept_metrics = [m for m in resume.read_metrics() if m["step"] <= checkpoint.step]
+            kept_metrics = [m for m in resume.read_metrics(split=None) if m["step"] <= checkpoint.step]
         model = distributed.main_first(lambda: build_model(config)).to(device).train()   # downloads once
         # Decoded once (by rank 0); later runs and the other ranks reuse it.
         cache = distributed.main_first(lambda: build_cache(config, device, progress=config.run.progress
                                                            and distributed.current().is_main))
+        split = distributed.main_first(lambda: build_split(config, cache, device, progress=False))
+        if resume is not None:
+            split = held_out_on_resume(resume, split)
         position = sample_position(checkpoint.loader_state) if checkpoint else None
-        loader = build_loader(cache, config, device, position, world.rank, world.world_size)
+        loader = build_loader(cache, config, device, position, world.rank, world.world_size, split.train.indices)
         stack.callback(shutdown, loader)
         seed_everything(config.run.seed + world.rank)
         state = prepare_training(config, model, device)
+        evaluator = Evaluator.build(split, config, device, state.dtype)   # reads the cache; draws no random numbers
         progress = Progress(torch.zeros(4, device=device))
         if checkpoint is not None:
             restore_training(checkpoint, state)
@@ -302,16 +297,38 @@ def train(config: FoveaConfig, resume: RunDir | None = None, force: bool = False
                 run.rewrite_metrics(kept_metrics)            # drop the steps logged after the checkpoint: redone now
                 run.write_text(run.config_file.name, config_to_toml(config))
                 run.summary_file.unlink(missing_ok=True)     # the run is not finished until it is
-            run.write_json("data_report.json", cache.report())
+            run.write_json("data_report.json", {**cache.report(), "num_train": len(split.train),
+                                                "num_val": len(split.val)})
+            run.write_json(run.split_file.name, split.record())
             run.mark_latest()
 
         distributed.on_main(open_run)
         writer = stack.enter_context(open_writer(run.path)) if config.run.tensorboard and world.is_main else None
         stop = stack.enter_context(stop_on_signals())
-        optimize(state, loader, run, progress, cache.clip_info, stop, writer)
+        optimize(state, loader, run, progress, cache.clip_info, stop, writer, evaluator)
         distributed.on_main(lambda: run.write_json("summary.json", summarize(
-            config, model, len(cache), run.read_metrics(), progress.elapsed_s, progress.skipped, world.world_size)))
+            config, model, len(split.train), run.read_metrics(), progress.elapsed_s, progress.skipped,
+            world.world_size, run.read_metrics("val"))))
     return run
+
+
+def held_out_on_resume(run: RunDir, split):
+    """The split a resumed run continues with: the one its ``split.json`` recorded (checked against the
+    data), or, for a run from before held-out splits, every clip training and none held out."""
+    import sys
+
+    from fovea.core import distributed
+    from fovea.core.split import ClipSet, Split, check_recorded
+
+    recorded = run.read_json(run.split_file)
+    if recorded is None:
+        if distributed.current().is_main:
+            print(f"warning: {run.path} recorded no held-out split (it predates [eval]): it keeps training on "
+                  f"every clip, with no held-out evaluation", file=sys.stderr)
+        every = list(range(len(split.train.cache)))
+        return Split(ClipSet(split.train.cache, every), ClipSet(split.train.cache, []))
+    check_recorded(split, recorded, str(run.split_file))
+    return split
 
 
 def find_run_to_resume(target: str, config_path: Path | None, overrides: Iterable[str]) -> tuple[FoveaConfig, RunDir]:
@@ -340,13 +357,16 @@ def find_run_to_resume(target: str, config_path: Path | None, overrides: Iterabl
 
 def optimize(state: TrainState, loader, run: RunDir, progress: Progress,
              clip_info: Callable[[], list[dict]] | None = None, stop: StopRequest | None = None,
-             writer=None) -> None:
+             writer=None, evaluator=None) -> None:
     """The optimisation loop from ``progress.step`` to ``max_steps``; writes metrics and checkpoints into ``run``.
 
     Each metrics line also holds the attention statistics of its own step's batch (``STAT_KEYS``);
     ``writer`` (a TensorBoard ``SummaryWriter``) gets the line's numbers as scalars too. Under torchrun
     every rank runs the loop and rank 0 writes: losses are means over ranks, ``samples_per_s`` counts the
     global batch, ``data_wait_share`` is the largest rank's, and a signal to any rank stops all at one step.
+    ``evaluator`` (``fovea.core.evaluation.Evaluator``) adds a held-out row (``"split": "val"``) every
+    ``eval.every`` steps and at the last step; it draws no random numbers and leaves the loader alone, so
+    the training losses are the same with or without it. Every rank evaluates the same clips.
     """
     from tqdm.auto import tqdm
 
@@ -359,6 +379,7 @@ def optimize(state: TrainState, loader, run: RunDir, progress: Progress,
     global_batch = config.global_batch_size(world.world_size)
     stop = stop or StopRequest()
     batches, timer = iter(loader), PhaseTimer()
+    postfix: dict[str, str] = {}
     started = interval_start = time.perf_counter()
     timed_steps = 0                      # steps of the open interval run by this process (for samples/s)
 
@@ -403,10 +424,21 @@ def optimize(state: TrainState, loader, run: RunDir, progress: Progress,
                 if writer is not None:
                     log_scalars(writer, record)
                 if n:
-                    bar.set_postfix(fine=f"{loss_fine:.4f}", coarse=f"{loss_coarse:.4f}")
+                    postfix.update(fine=f"{loss_fine:.4g}", coarse=f"{loss_coarse:.4g}")
+                    bar.set_postfix(postfix)
                 progress.sums.zero_()
                 progress.interval_steps = progress.interval_skipped = timed_steps = 0
                 interval_start = time.perf_counter()
+            if evaluator is not None and (step % config.eval.every == 0 or step == t.max_steps):
+                held_out = evaluator(state.module, step)
+                if world.is_main:
+                    run.append_metrics(held_out)
+                if writer is not None:
+                    log_scalars(writer, held_out)
+                postfix.update(val_fine=f"{held_out['loss_fine']:.4g}", skill=f"{held_out['skill']:.2f}"
+                               if held_out["skill"] is not None else "—")
+                bar.set_postfix(postfix)
+                interval_start += held_out["eval_s"]   # evaluation time is not training throughput
             signal_number = int(distributed.agree_max(stop.signal_number or 0)) or None   # all ranks alike
             if step % t.save_every == 0 or step == t.max_steps or signal_number is not None:
                 saved = save_checkpoint(run, step, state, loader.state_dict(), progress.state(elapsed()),
@@ -454,8 +486,9 @@ def _json_number(value: float) -> float | str:
 
 
 def summarize(config: FoveaConfig, model: torch.nn.Module, num_clips: int, metrics: list[dict], wall: float,
-              skipped: int = 0, world_size: int = 1) -> dict:
-    """What ``summary.json`` holds: outcome, losses first and last, the spec's improvement, batch, sizes."""
+              skipped: int = 0, world_size: int = 1, held_out: list[dict] | None = None) -> dict:
+    """What ``summary.json`` holds: outcome, losses first and last, the spec's improvement, batch, sizes,
+    and the last held-out evaluation (``val``; ``num_clips`` counts the training clips)."""
     first, last = (metrics[0], metrics[-1]) if metrics else (None, None)
     def count(module: torch.nn.Module, trainable: bool | None = None) -> int:
         return sum(p.numel() for p in module.parameters() if trainable is None or p.requires_grad == trainable)
@@ -469,7 +502,8 @@ def summarize(config: FoveaConfig, model: torch.nn.Module, num_clips: int, metri
         "wall_time_s": wall,
         "first": first,
         "last": last,
-        "improvement": improvement,   # SPEC: (loss_coarse - loss_fine) / loss_coarse
+        "improvement": improvement,   # SPEC: (loss_coarse - loss_fine) / loss_coarse, on training batches
+        "val": held_out[-1] if held_out else None,   # the held-out evaluation at the last step
         "num_clips": num_clips,
         "world_size": world_size,
         "global_batch_size": config.global_batch_size(world_size),   # batch_size x grad_accum x world_size

@@ -1,0 +1,319 @@
+"""Held-out evaluation: did the model learn, and did foveation help?
+
+Every figure comes from clips the run never trained on (``fovea.core.split``), per clip, so that it has
+a 95 % bootstrap interval over clips, and stands next to the trivial baselines it must beat:
+
+- modes: ``coarse`` (pass 1 alone: the static query), ``fine`` (the two-pass model as trained) and
+  ``autoregressive`` (one pass, frame t read with the query the model made after frame t-1 in that same
+  pass, as a deployed model runs: ``FoveatedVLM.autoregressive``);
+- baselines: ``mean_latent`` (the training clips' mean latent for every frame) and ``copy_previous``
+  (frame t-1's latent; the mean for frame 1);
+- ``skill = 1 - loss_fine / best baseline``; ``improvement = (coarse - fine) / coarse`` (SPEC.md's
+  metric); ``autoregressive_gap = (autoregressive - fine) / fine`` (the train/inference gap).
+
+Losses are the MSE per clip (mean over frames and latent elements), as the training loss.
+``fovea eval`` (``evaluate_run``) writes ``eval.json``; training logs ``Evaluator`` rows with
+``"split": "val"`` in ``metrics.jsonl`` every ``eval.every`` steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import torch
+
+from fovea.core.errors import FoveaError
+from fovea.core.split import ClipSet
+
+MODES = ("coarse", "fine", "autoregressive")
+BASELINES = ("mean_latent", "copy_previous")
+BOOTSTRAP_SAMPLES = 2000
+BOOTSTRAP_SEED = 0
+
+
+# --------------------------------------------------------------------------- losses per clip
+
+
+@torch.no_grad()
+def mean_latent(clips: ClipSet, batch_size: int) -> torch.Tensor:
+    """The mean latent (C, h, w) over every frame of ``clips`` (the ``mean_latent`` baseline's prediction)."""
+    total, count = None, 0
+    for batch in clips.batches(batch_size):
+        latents = batch["latents"].double()                                    # (B, T, C, h, w)
+        total = latents.sum((0, 1)) if total is None else total + latents.sum((0, 1))
+        count += latents.shape[0] * latents.shape[1]
+    if total is None:
+        raise FoveaError("no training clips to average for the mean_latent baseline")
+    return (total / count).float()
+
+
+def per_frame_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(B, T, C, h, w) twice -> (B, T) squared error averaged over each frame's latent."""
+    return (pred.float() - target.float()).square().mean(dim=(2, 3, 4))
+
+
+def baseline_predictions(latents: torch.Tensor, mean: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The trivial predictions of latents (B, T, C, h, w): the mean latent, and the previous frame's latent."""
+    mean = mean.to(latents.device, latents.dtype).expand_as(latents)           # (B, T, C, h, w)
+    return {"mean_latent": mean,
+            "copy_previous": torch.cat([mean[:, :1], latents[:, :-1]], dim=1)}
+
+
+@torch.no_grad()
+def clip_losses(model: torch.nn.Module, clips: ClipSet, mean: torch.Tensor, modes: Iterable[str] = MODES,
+                batch_size: int = 16, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                progress: bool = False) -> dict[str, torch.Tensor]:
+    """Per-frame losses (N, T) of every mode and baseline on ``clips``; ``model`` is left in eval mode.
+
+    No gradients, no random numbers drawn from the global generators (they are forked), so an
+    evaluation in the middle of training changes nothing the training does next.
+    """
+    from tqdm.auto import tqdm
+
+    device = torch.device(device)
+    modes = list(modes)
+    losses: dict[str, list[torch.Tensor]] = {name: [] for name in modes + list(BASELINES)}
+    model.eval()
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), autocast, \
+            tqdm(total=len(clips), desc="eval", unit="clip", disable=not progress, leave=False) as bar:
+        for batch in clips.batches(batch_size):
+            frames = batch["frames"].to(device)                                 # (B, T, 3, S, S) uint8
+            latents = batch["latents"].to(device).float()                       # (B, T, C, h, w)
+            if "coarse" in modes or "fine" in modes:
+                out = model(frames, latents)
+                for mode, pred in (("coarse", out.pred_coarse), ("fine", out.pred_fine)):
+                    if mode in modes:
+                        losses[mode].append(per_frame_mse(pred, latents).cpu())
+            if "autoregressive" in modes:
+                losses["autoregressive"].append(per_frame_mse(model.autoregressive(frames, latents), latents).cpu())
+            for name, pred in baseline_predictions(latents, mean).items():
+                losses[name].append(per_frame_mse(pred, latents).cpu())
+            bar.update(len(frames))
+    return {name: torch.cat(values) for name, values in losses.items()}
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def bootstrap_draws(num_clips: int, samples: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED) -> torch.Tensor:
+    """Clip indices resampled with replacement, (samples, num_clips), from a private seeded generator."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, num_clips, (samples, num_clips), generator=generator)
+
+
+def interval(values: torch.Tensor) -> list[float]:
+    """The central 95 % of bootstrap replicates (samples,) -> [low, high]."""
+    low, high = torch.quantile(values.double(), torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return [low, high]
+
+
+def mean_ci(per_clip: torch.Tensor, draws: torch.Tensor) -> list[float]:
+    """95 % percentile-bootstrap interval of the mean of ``per_clip`` (N,) over the resampled clips."""
+    return interval(per_clip.double()[draws].mean(dim=1))
+
+
+def relative_change(reference: torch.Tensor, other: torch.Tensor, draws: torch.Tensor) -> dict[str, Any]:
+    """``(mean(reference) - mean(other)) / mean(reference)`` with a paired bootstrap interval (same clips)."""
+    ref, oth = reference.double(), other.double()
+    value = float((ref.mean() - oth.mean()) / ref.mean())
+    replicates = (ref[draws].mean(1) - oth[draws].mean(1)) / ref[draws].mean(1)
+    return {"value": value, "ci95": interval(replicates)}
+
+
+def summarize(losses: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """``eval.json``'s figures from per-frame losses (N, T): means, intervals, skill, improvement, gap."""
+    per_clip = {name: values.mean(dim=1) for name, values in losses.items()}  # (N,) each
+    num_clips = len(next(iter(per_clip.values())))
+    draws = bootstrap_draws(num_clips)
+
+    def entry(name: str) -> dict[str, Any]:
+        return {"loss": float(per_clip[name].double().mean()), "ci95": mean_ci(per_clip[name], draws),
+                "per_frame": losses[name].double().mean(dim=0).tolist()}
+
+    result: dict[str, Any] = {
+        "clips": num_clips,
+        "modes": {name: entry(name) for name in MODES if name in losses},
+        "baselines": {name: entry(name) for name in BASELINES},
+        "bootstrap": {"samples": BOOTSTRAP_SAMPLES, "seed": BOOTSTRAP_SEED, "unit": "clip"},
+    }
+    best = min(BASELINES, key=lambda name: result["baselines"][name]["loss"])
+    result["best_baseline"] = best
+    if "fine" in losses:   # skill of the fine pass against the best baseline, paired over clips
+        change = relative_change(per_clip[best], per_clip["fine"], draws)
+        result["skill"], result["skill_ci95"] = change["value"], change["ci95"]
+    else:
+        result["skill"] = result["skill_ci95"] = None
+    result["improvement"] = (relative_change(per_clip["coarse"], per_clip["fine"], draws)
+                             if "coarse" in losses and "fine" in losses else None)
+    if "autoregressive" in losses and "fine" in losses:
+        gap = relative_change(per_clip["fine"], per_clip["autoregressive"], draws)
+        result["autoregressive_gap"] = {"value": -gap["value"], "ci95": [-gap["ci95"][1], -gap["ci95"][0]],
+                                        "absolute": result["modes"]["autoregressive"]["loss"]
+                                        - result["modes"]["fine"]["loss"]}
+    else:
+        result["autoregressive_gap"] = None
+    return result
+
+
+# --------------------------------------------------------------------------- during training
+
+
+@dataclass
+class Evaluator:
+    """The held-out evaluation run every ``eval.every`` steps: coarse and fine losses, baselines, skill.
+
+    Built once per run (the mean latent of the training clips is computed once); reads the cache
+    directly, so the training loader's position never moves.
+    """
+
+    clips: ClipSet                  # the held-out clips evaluated (at most eval.max_clips)
+    mean: torch.Tensor              # (C, h, w) mean latent of the training clips
+    batch_size: int
+    device: torch.device
+    dtype: torch.dtype
+
+    @classmethod
+    def build(cls, split, config, device: torch.device, dtype: torch.dtype) -> "Evaluator | None":
+        """``None`` when the run holds out no clips."""
+        if not len(split.val):
+            return None
+        e = config.eval
+        mean = mean_latent(split.train.spread(e.baseline_clips), e.batch_size)
+        return cls(split.val.spread(e.max_clips), mean, e.batch_size, device, dtype)
+
+    def __call__(self, model: torch.nn.Module, step: int) -> dict[str, Any]:
+        """One ``metrics.jsonl`` row (``"split": "val"``); ``model`` is put back in training mode."""
+        started = time.perf_counter()
+        try:
+            losses = clip_losses(model, self.clips, self.mean, ("coarse", "fine"), self.batch_size,
+                                 self.device, self.dtype)
+        finally:
+            model.train()
+        means = {name: float(values.double().mean()) for name, values in losses.items()}
+        best = min(means[name] for name in BASELINES)
+        fine, coarse = means["fine"], means["coarse"]
+        return {"step": step, "split": "val", "clips": len(self.clips), "loss_fine": fine, "loss_coarse": coarse,
+                "ratio": coarse / fine if fine > 0 else None,
+                "improvement": (coarse - fine) / coarse if coarse > 0 else None,
+                "baseline_mean_latent": means["mean_latent"], "baseline_copy_previous": means["copy_previous"],
+                "skill": 1 - fine / best if best > 0 else None, "eval_s": time.perf_counter() - started}
+
+
+def format_number(value: float | None, digits: int = 5) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—"
+    return f"{value:.{digits}g}"
+
+
+# --------------------------------------------------------------------------- `fovea eval RUN_DIR`
+
+
+def evaluate_run(run_dir, split: str = "val", clips: int | None = None, step: int | None = None,
+                 modes: Iterable[str] = MODES, device: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Evaluate a run's checkpoint (newest, or of optimizer step ``step``) on its held-out clips (or on
+    training clips, ``split="train"``); writes ``eval.json`` (``eval-train.json``) and ``eval.md`` and
+    returns the figures. ``clips``: at most this many, evenly spread (default: every held-out clip; for
+    the training split, as many as are held out, at least 64).
+    """
+    import fovea
+    from fovea.core.cache import build_cache
+    from fovea.core.checkpoint import load_weights
+    from fovea.core.rundir import RunDir
+    from fovea.core.split import build_split, check_recorded
+    from fovea.core.devices import DTYPES, resolve_device
+
+    started = time.perf_counter()
+    modes = list(modes)
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        raise FoveaError(f"--modes {','.join(modes)}: unknown mode {unknown[0]!r}; choose from {', '.join(MODES)}"
+                         if unknown else f"--modes: choose one or more of {', '.join(MODES)}")
+    modes = [m for m in MODES if m in modes]
+    if split not in ("val", "train"):
+        raise FoveaError(f"--split {split!r}: choose val (the held-out clips) or train")
+    run = RunDir.open(run_dir)
+    config = fovea.load_config(run.config_file)
+    checkpoint = run.checkpoint_at(step) if step is not None else run.latest_checkpoint
+    recorded = run.read_json(run.split_file)
+    if recorded is None:
+        raise FoveaError(f"{run.path} recorded no held-out split (no split.json: the run predates [eval]); its "
+                         f"clips were all trained on. Train a new run to evaluate on held-out clips")
+    target = resolve_device(device or config.run.device)
+    cache = build_cache(config, target, progress=progress)       # opened; rebuilt only if it was deleted
+    data = build_split(config, cache, target, progress=progress)
+    check_recorded(data, recorded, str(run.split_file))
+    chosen = data.val if split == "val" else data.train
+    if not len(chosen):
+        raise FoveaError(f"{run.path} holds out no clips ([eval] val_fraction = 0); evaluate with --split train, "
+                         f"or train a run with held-out clips")
+    count = clips or (len(chosen) if split == "val" else max(64, len(data.val)))
+    chosen = chosen.spread(count)
+
+    model = fovea.build_model(config)
+    load_weights(model, RunDir.weights_file(checkpoint))
+    model.to(target)
+    dtype = DTYPES[config.precision.dtype] if target.type == "cuda" else torch.float32
+    mean = mean_latent(data.train.spread(config.eval.baseline_clips), config.eval.batch_size)
+    losses = clip_losses(model, chosen, mean, modes, config.eval.batch_size, target, dtype, progress)
+    result = {"split": split, "step": int(checkpoint.name[5:]), "checkpoint": str(checkpoint),
+              **summarize(losses), "device": str(target), "dtype": str(dtype).replace("torch.", ""),
+              "elapsed_s": time.perf_counter() - started}
+    run.write_json(run.eval_file(split).name, result)
+    run.write_text(run.eval_file(split).with_suffix(".md").name, render_markdown(result, run.path.name))
+    return result
+
+
+def rows(result: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """``(name, loss, 95 % interval, what it is)`` for every mode and baseline of an eval result."""
+    notes = {"coarse": "pass 1 alone (static query)", "fine": "two passes, as trained",
+             "autoregressive": "one pass, its own queries (deployed)",
+             "mean_latent": "baseline: training mean latent", "copy_previous": "baseline: previous frame's latent"}
+    out = []
+    for group in ("modes", "baselines"):
+        for name, entry in result[group].items():
+            low, high = entry["ci95"]
+            out.append((name, format_number(entry["loss"]), f"[{format_number(low)}, {format_number(high)}]",
+                        notes[name]))
+    return out
+
+
+def headline(result: dict[str, Any]) -> list[str]:
+    """Skill, improvement and the autoregressive gap, one line each, with their intervals."""
+    def pct(entry: dict[str, Any] | None, key: str = "value") -> str:
+        if entry is None:
+            return "—"
+        low, high = entry["ci95"]
+        return f"{100 * entry[key]:+.2f} % (95 % CI {100 * low:+.2f} … {100 * high:+.2f} %)"
+
+    lines = []
+    if result.get("skill") is not None:
+        lines.append(f"skill        {pct({'value': result['skill'], 'ci95': result['skill_ci95']})}  "
+                     f"= 1 − fine / {result['best_baseline']}")
+    lines.append(f"improvement  {pct(result.get('improvement'))}  = (coarse − fine) / coarse")
+    if result.get("autoregressive_gap") is not None:
+        lines.append(f"autoregressive gap {pct(result['autoregressive_gap'])}  = (autoregressive − fine) / fine")
+    return lines
+
+
+def render_markdown(result: dict[str, Any], title: str) -> str:
+    """``eval.md``: the table, the headline figures and the per-frame losses."""
+    T = len(next(iter(result["modes"].values()))["per_frame"])
+    lines = [f"# Held-out evaluation of {title}" if result["split"] == "val" else f"# Evaluation of {title} "
+             f"on training clips", "",
+             f"Checkpoint of step {result['step']}, {result['clips']} clips of the `{result['split']}` split; "
+             f"MSE per clip, mean over clips with a 95 % bootstrap interval over clips "
+             f"({result['bootstrap']['samples']} resamples).", "",
+             "| | loss | 95 % interval | |", "|---|---|---|---|"]
+    lines += [f"| {name} | {loss} | {ci} | {note} |" for name, loss, ci, note in rows(result)]
+    lines += ["", *[f"- {line}" for line in headline(result)], "", "## Per frame position", "",
+              "| | " + " | ".join(f"t={t + 1}" for t in range(T)) + " |", "|---|" + "---|" * T]
+    for group in ("modes", "baselines"):
+        for name, entry in result[group].items():
+            lines.append(f"| {name} | " + " | ".join(format_number(v, 4) for v in entry["per_frame"]) + " |")
+    return "\n".join(lines) + "\n"

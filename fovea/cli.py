@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Callable, List, Optional
@@ -99,14 +100,32 @@ def run_command(
 
 @app.command("precompute")
 @user_errors
-def precompute_command(config: Path = ConfigArgument, overrides: List[str] = SetOption) -> None:
+def precompute_command(
+    config: Path = ConfigArgument,
+    overrides: List[str] = SetOption,
+    verify: bool = typer.Option(False, "--verify", help="Check every file of the cache against its SHA-256 and "
+                                "list the damaged ones (exit 2 if any); changes nothing."),
+    repair: bool = typer.Option(False, "--repair", help="Check every file of the cache and decode again only the "
+                                "damaged shards from the source."),
+) -> None:
     """Decode every clip once and cache frames + VAE latents (resumable; `fovea run` reuses the cache)."""
-    from fovea.core.cache import build_cache
+    from fovea.core.cache import build_cache, verify_cache
     from fovea.core.config import load_config
     from fovea.core.devices import resolve_device
 
     cfg = load_config(config, overrides)
-    report = build_cache(cfg, resolve_device(cfg.run.device), progress=cfg.run.progress).report()
+    if verify and not repair:
+        root, num_shards, problems = verify_cache(cfg, progress=cfg.run.progress)
+        typer.echo(f"cache: {root}\nshards: {num_shards}  damaged files: {len(problems)}")
+        for _, problem in problems:
+            typer.echo(f"  {problem}")
+        if problems:
+            command = shlex.join(["fovea", "precompute", "--repair", str(config)] + [a for o in overrides
+                                                                                     for a in ("--set", o)])
+            raise FoveaError(f"{len(problems)} damaged file(s) in the clip cache at {root}; run `{command}` to "
+                             f"make them again from the source")
+        return
+    report = build_cache(cfg, resolve_device(cfg.run.device), progress=cfg.run.progress, repair=repair).report()
     typer.echo(f"cache: {report['cache']}\nclips: {report['num_clips']}  skipped: {report['num_skipped']}")
     for item in report["skipped"]:
         typer.echo(f"  skipped {item['source'] or item['index']}: {item['reason']}")

@@ -30,3 +30,11 @@ def atomic_write(path: Path, data: bytes) -> None:
     write_synced(tmp, lambda f: f.write(data))
     os.replace(tmp, path)
     fsync_path(path.parent)
+
+
+def sha256_file(path: Path) -> str:
+    """The SHA-256 of a file's bytes, hex (hashlib releases the GIL: other threads run meanwhile)."""
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()

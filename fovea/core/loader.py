@@ -2,7 +2,9 @@
 
 indices (a seeded shuffle per epoch, endless) -> batches of indices -> parallel reads from the cache
 (threads; shard reads are memory-mapped slices, so no decoding happens here) -> pinned memory (CUDA)
--> prefetch. Under torchrun every rank draws the same global batches of ``batch_size x world_size``
+-> prefetch. A damaged shard (``DamagedCache`` from a read in a worker thread) is raised again, as it
+was, by the ``next`` that would have returned its batch, so the trainer stops before using it.
+Under torchrun every rank draws the same global batches of ``batch_size x world_size``
 clips and reads only its own slice of each, so N processes see exactly the clips one process with
 an N times larger batch would. ``Loader.state_dict()`` is saved with each checkpoint; a resumed run builds its loader
 at the clip position found in it (``sample_position``), so it continues from the same sample even
@@ -71,13 +73,36 @@ def build_loader(cache: ClipCache, config: FoveaConfig, device: torch.device,
     node: BaseNode = Batcher(stream, batch_size=batch_size * world_size, drop_last=True)
     if world_size > 1:
         node = Mapper(node, lambda batch: batch[rank * batch_size:(rank + 1) * batch_size])   # this rank's slice
+    read = _carry_errors(cache.read)
     if data.num_workers > 0:
-        node = ParallelMapper(node, cache.read, num_workers=data.num_workers, method="thread", in_order=True)
+        node = ParallelMapper(node, read, num_workers=data.num_workers, method="thread", in_order=True)
     else:
-        node = Mapper(node, cache.read)
+        node = Mapper(node, read)
     if data.pin_memory and device.type == "cuda":
         node = PinMemory(node)
-    return Loader(Prefetcher(node, prefetch_factor=data.prefetch))
+    return Loader(Mapper(Prefetcher(node, prefetch_factor=data.prefetch), _raise_carried))   # in the caller's thread
+
+
+class _ReadFailed:
+    """A read's ``FoveaError``, carried as an item: torchdata would re-raise it wrapped in a worker's traceback."""
+
+    def __init__(self, error: FoveaError):
+        self.error = error
+
+
+def _carry_errors(read):
+    def carried(indices: list[int]):
+        try:
+            return read(indices)
+        except FoveaError as exc:
+            return _ReadFailed(exc)
+    return carried
+
+
+def _raise_carried(batch):
+    if isinstance(batch, _ReadFailed):
+        raise batch.error
+    return batch
 
 
 def sample_position(state: dict[str, Any]) -> dict[str, int]:

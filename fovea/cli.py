@@ -93,8 +93,9 @@ def run_command(
     if held_out:
         v = held_out[-1]
         best = min(v["baseline_mean_latent"], v["baseline_copy_previous"])
+        skill = f"{v['skill']:.3f}" if v.get("skill") is not None else "—"
         typer.echo(f"held out ({v['clips']} clips): loss_fine {v['loss_fine']:.4g}  loss_coarse "
-                   f"{v['loss_coarse']:.4g}  best trivial baseline {best:.4g}  skill {v['skill']:.3f}\n"
+                   f"{v['loss_coarse']:.4g}  best trivial baseline {best:.4g}  skill {skill}\n"
                    f"intervals, the autoregressive mode and every held-out clip: fovea eval {run.path}")
 
 

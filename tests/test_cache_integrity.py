@@ -333,8 +333,9 @@ def test_a_damaged_cache_that_cannot_be_made_again_stops_the_run_before_its_dire
     videos.mkdir()
     for i in range(4):
         write_video(videos / f"clip{i}.mp4", num_frames=10)
-    text = QUICKSTART.read_text().replace("num_clips = 512\n", "").replace('name = "synthetic"', 'name = "videos"')
-    (tmp_path / "videos.toml").write_text(text)
+    from tests.test_cache import videos_toml
+
+    videos_toml(tmp_path)
     overrides = [o for o in cache_overrides(tmp_path, **{"data.path": f'"{videos}"', "data.shard_size": "2"})
                  if not o.startswith("data.num_clips")]
     config = fovea.load_config(tmp_path / "videos.toml", overrides)

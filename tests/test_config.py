@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fovea.core.config import apply_override, config_to_toml, load_config, parse_override, validate_config
+from fovea.core.config import (apply_override, config_to_toml, load_config, parse_override, read_toml,
+                               validate_config)
 from fovea.core.errors import ConfigError
 from tests.helpers import QUICKSTART, ROOT
 
@@ -44,7 +45,7 @@ def test_plugin_options_sit_beside_the_name_and_are_validated():
     assert c.model.encoder.name == "deep"
     assert c.model.encoder.options.size == "tiny"
     assert c.model.head.options.channels == (16, 32, 64)
-    assert c.data.options.num_clips == 512
+    assert c.data.options.num_clips == read_toml(QUICKSTART)["data"]["num_clips"]
     # the plugin's defaults are filled in, so `config show` prints every option
     assert "trainable = true" in config_to_toml(c)
 

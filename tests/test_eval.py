@@ -239,3 +239,17 @@ def test_fovea_eval_of_a_run_without_held_out_clips_says_what_to_do(tmp_path):
     result = runner.invoke(app, ["eval", str(run.path)])
     assert result.exit_code == 2 and "holds out no clips" in result.output
     assert runner.invoke(app, ["eval", str(run.path), "--split", "train"]).exit_code == 0
+
+
+def test_autoregressive_mode_feeds_the_llm_one_new_token_per_frame(tiny_model, tiny_batch):
+    """The KV cache is reused: every LLM call of the one-pass loop sees one new token, never the prefix again."""
+    frames, latents = tiny_batch
+    lengths = []
+    hook = tiny_model.llm.register_forward_pre_hook(
+        lambda module, args, kwargs: lengths.append(kwargs["inputs_embeds"].shape[1]), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            tiny_model.autoregressive(frames, latents)
+    finally:
+        hook.remove()
+    assert lengths == [1] * frames.shape[1]     # the mode token, then frames 1 .. T-1

@@ -125,15 +125,15 @@ def read_evaluation(run: RunDir) -> tuple[dict[str, Any] | None, str]:
     when the run holds out no clips."""
     from fovea.core.evaluation import MODES, evaluate_run
 
-    newest = int(run.latest_checkpoint.name[5:])
-    current = run.read_json(run.eval_file())
-    if current is not None and current.get("step") == newest and set(MODES) <= set(current.get("modes", {})):
-        return current, f"{run.eval_file().name} (`fovea eval`, checkpoint of step {newest})"
     split = run.read_json(run.split_file)
     if split is None:
         return None, "the run recorded no held-out split (no split.json: it predates [eval])"
     if not split.get("num_val"):
         return None, "the run holds out no clips ([eval] val_fraction = 0)"
+    newest = int(run.latest_checkpoint.name[5:])
+    current = run.read_json(run.eval_file())
+    if current is not None and current.get("step") == newest and set(MODES) <= set(current.get("modes", {})):
+        return current, f"{run.eval_file().name} (`fovea eval`, checkpoint of step {newest})"
     result = evaluate_run(run.path, progress=False)
     return result, f"`fovea eval` run by the audit on the checkpoint of step {newest} (wrote {run.eval_file().name})"
 

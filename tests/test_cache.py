@@ -32,11 +32,15 @@ def video_dir(tmp_path):
 
 
 def videos_toml(tmp_path):
-    """The quick-start config reading videos: its synthetic-only option removed."""
+    """The quick-start config reading videos: its synthetic-only options removed."""
+    from fovea.plugins.data.synthetic import SyntheticShapes
+
     path = tmp_path / "videos.toml"
-    text = QUICKSTART.read_text()
-    assert "num_clips = 512\n" in text
-    path.write_text(text.replace("num_clips = 512\n", "").replace('name = "synthetic"', 'name = "videos"'))
+    lines = QUICKSTART.read_text().splitlines(keepends=True)
+    synthetic = [line for line in lines if line.split("=")[0].strip() in SyntheticShapes.Config.model_fields]
+    assert any(line.startswith("num_clips") for line in synthetic)
+    text = "".join(line for line in lines if line not in synthetic)
+    path.write_text(text.replace('name = "synthetic"', 'name = "videos"'))
     return path
 
 

@@ -113,7 +113,8 @@ class VAEConfig(Section):
     @model_validator(mode="after")
     def _init_needs_no_weights(self):
         if self.pretrained and self.init != "random":
-            raise ValueError(f"init = {self.init!r} initialises a VAE without weights; unset it or model.vae.pretrained")
+            raise ValueError(f"init = {self.init!r} initialises a VAE without weights, and pretrained names weights: "
+                             f"set model.vae.init = 'random' to load them, or unset model.vae.pretrained")
         return self
 
 

@@ -338,9 +338,12 @@ def _model_check(ev: "Evidence", key: str, component: "Component") -> Check:
     elif configured:
         status, observed = "warn", f"other weights `{configured}`; {arch_text}"
     else:
-        size = config_value(ev.config, component.pretrained_key.rsplit(".", 1)[0] + ".size") if component.pretrained_key else None
+        table = component.pretrained_key.rsplit(".", 1)[0] if component.pretrained_key else None
+        size = config_value(ev.config, table + ".size") if table else None
+        init = ev.config.model.vae.init if component.location == "vae" else "random"   # a VAE's: model.vae.init
         status = "warn"
-        observed = "random initialisation" + (f" at size `{size}`" if size else "") + f"; {arch_text}"
+        observed = ("random initialisation" if init == "random" else f"the fixed `{init}` initialisation (model.vae.init)") \
+            + (f" at size `{size}`" if size else "") + f"; {arch_text}"
     if status == "pass":
         reason = ""
     elif mismatched:

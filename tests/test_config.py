@@ -46,6 +46,7 @@ def test_plugin_options_sit_beside_the_name_and_are_validated():
     assert c.model.encoder.options.size == "tiny"
     assert c.model.head.options.channels == (16, 32, 64)
     assert c.data.options.num_clips == read_toml(QUICKSTART)["data"]["num_clips"]
+    assert c.data.options.num_objects == 1
     # the plugin's defaults are filled in, so `config show` prints every option
     assert "trainable = true" in config_to_toml(c)
 

@@ -39,7 +39,7 @@ def test_models_load_from_local_directories(saved_models, tmp_path):
     root, saved = saved_models
     config = fovea.load_config(QUICKSTART, tiny_overrides(tmp_path, **{
         "model.encoder.pretrained": f'"{root / "dinov3"}"', "model.llm.pretrained": f'"{root / "llm"}"',
-        "model.vae.pretrained": f'"{root / "vae"}"'}))
+        "model.vae.pretrained": f'"{root / "vae"}"', "model.vae.init": '"random"'}))
     model = fovea.build_model(config)
     torch.testing.assert_close(model.encoder.backbone.state_dict(), saved["dinov3"].state_dict(), rtol=0, atol=0)
     torch.testing.assert_close(model.llm.state_dict(), saved["llm"].model.state_dict(), rtol=0, atol=0)
@@ -55,7 +55,7 @@ def test_training_runs_on_loaded_models(saved_models, tmp_path):
     root, _ = saved_models
     config = fovea.load_config(QUICKSTART, tiny_overrides(tmp_path, **{
         "model.encoder.pretrained": f'"{root / "dinov3"}"', "model.llm.pretrained": f'"{root / "llm"}"',
-        "model.vae.pretrained": f'"{root / "vae"}"', "training.max_steps": "2"}))
+        "model.vae.pretrained": f'"{root / "vae"}"', "model.vae.init": '"random"', "training.max_steps": "2"}))
     run = train(config)
     assert len(run.read_metrics()) == 1
     assert json.loads(run.data_report_file.read_text())["vae"] == str(root / "vae")   # used as is

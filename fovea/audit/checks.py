@@ -275,7 +275,7 @@ def _vae_check(ev, key, component) -> Check:
         problems.append(f"the model's checkpoint holds {len(in_checkpoint)} VAE tensors ({_names(in_checkpoint)}): "
                         f"it was trained with the model")
     if ev.vae_change is not None and ev.vae_change > 0:
-        problems.append(f"the run's VAE differs from the seeded random VAE it was made as (max |Δw| "
+        problems.append(f"the run's VAE differs from the initialisation it was made with (max |Δw| "
                         f"{_fmt(ev.vae_change)}): it was trained or replaced")
     state = component.state
     if state == "frozen":
@@ -286,14 +286,15 @@ def _vae_check(ev, key, component) -> Check:
     observed = (f"requires_grad on {len(trainable)}/{len(params)} tensors; "
                 f"{len(in_checkpoint)} VAE tensors in model.safetensors")
     if ev.vae_change is not None:
-        observed += "; weights equal to the seeded initialisation" if ev.vae_change == 0 else \
-            f"; weights differ from the seeded initialisation (max |Δw| {_fmt(ev.vae_change)})"
+        observed += "; weights equal to their initialisation" if ev.vae_change == 0 else \
+            f"; weights differ from their initialisation (max |Δw| {_fmt(ev.vae_change)})"
     return Check(
         f"components.{key}", f"{component.description} {state}", "components", status,
         expected=f"{state} (SPEC.md \"Components\"): used only to precompute the targets, never trained",
         observed=observed,
         evidence=f"VAE loaded through fovea.core.vae.load_vae from {ev.vae_origin}; checkpoint tensor names checked "
-                 f"for a VAE; a random VAE compared weight by weight with save_random_vae(run.seed).",
+                 f"for a VAE; a VAE without pretrained weights compared weight by weight with "
+                 f"save_random_vae(model.vae.init, run.seed).",
         reason="; ".join(problems) + (". SPEC \"Failure modes\": the VAE trained drifts the targets" if problems else ""),
         recommendation="load the VAE frozen (fovea.core.vae.load_vae) and keep it out of the model and optimizer"
         if status == "fail" else "",
@@ -338,9 +339,12 @@ def _model_check(ev: "Evidence", key: str, component: "Component") -> Check:
     elif configured:
         status, observed = "warn", f"other weights `{configured}`; {arch_text}"
     else:
-        size = config_value(ev.config, component.pretrained_key.rsplit(".", 1)[0] + ".size") if component.pretrained_key else None
+        table = component.pretrained_key.rsplit(".", 1)[0] if component.pretrained_key else None
+        size = config_value(ev.config, table + ".size") if table else None
+        init = ev.config.model.vae.init if component.location == "vae" else "random"   # a VAE's: model.vae.init
         status = "warn"
-        observed = "random initialisation" + (f" at size `{size}`" if size else "") + f"; {arch_text}"
+        observed = ("random initialisation" if init == "random" else f"the fixed `{init}` initialisation (model.vae.init)") \
+            + (f" at size `{size}`" if size else "") + f"; {arch_text}"
     if status == "pass":
         reason = ""
     elif mismatched:

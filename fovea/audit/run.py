@@ -51,7 +51,7 @@ class Evidence:
     checkpoint_extra: list[str]       # checkpoint tensors the model does not have (e.g. a VAE's)
     vae: torch.nn.Module              # the VAE of the targets, as ``load_vae`` returns it
     vae_origin: str                   # where that VAE came from, for the report
-    vae_change: float | None          # max |Δ weight| from the seeded random VAE; None for a pretrained one
+    vae_change: float | None          # max |Δ weight| from its initialisation (model.vae.init); None for a pretrained one
     frames: torch.Tensor              # (B, T, 3, S, S) uint8
     latents: torch.Tensor             # (B, T, C, h, w) float32
     batch_origin: str                 # which clips the probes read
@@ -159,8 +159,9 @@ def read_metrics(run: RunDir) -> list[dict[str, Any]]:
 def load_run_vae(run: RunDir, config: FoveaConfig, data_report: dict | None):
     """The VAE of the run's targets through ``load_vae``, where it came from, and its change from init.
 
-    A pretrained VAE is loaded from ``model.vae.pretrained``. A random one was made by
-    ``save_random_vae`` from ``run.seed``: the audit makes that VAE again (in a temporary directory) and,
+    A pretrained VAE is loaded from ``model.vae.pretrained``. One without weights was made by
+    ``save_random_vae`` as ``model.vae.init`` says (seeded by ``run.seed``, or the fixed ``pooling`` init): the
+    audit makes that VAE again, with the same init (in a temporary directory) and,
     when the run's own copy is still on disk (the clip cache's ``vae/`` named in ``data_report.json``, or
     an older run's ``vae/``), loads that copy and measures how far it is from the seeded one.
     """
@@ -177,8 +178,7 @@ def load_run_vae(run: RunDir, config: FoveaConfig, data_report: dict | None):
         seeded = vae_lib.save_random_vae(config.model.vae, Path(tmp) / "vae", config.run.seed)
         reference = vae_lib.load_vae(seeded)
         if used is None:
-            origin = (f"random `{config.model.vae.size}` VAE made again from run.seed (the run's copy is not on "
-                      f"disk here)")
+            origin = f"{_vae_init(config)} made again (the run's copy is not on disk here)"
             return reference, origin, 0.0
         vae = vae_lib.load_vae(used)
     reference_state = reference.state_dict()
@@ -188,7 +188,15 @@ def load_run_vae(run: RunDir, config: FoveaConfig, data_report: dict | None):
     else:
         change = max((float((state[k].float() - reference_state[k].float()).abs().max()) if state[k].numel() else 0.0)
                      for k in state) if state else 0.0
-    return vae, f"`{used}` (random `{config.model.vae.size}` VAE from run.seed)", change
+    return vae, f"`{used}` ({_vae_init(config)})", change
+
+
+def _vae_init(config: FoveaConfig) -> str:
+    """How a VAE without weights was initialised, in words."""
+    vae = config.model.vae
+    if vae.init == "random":
+        return f"random `{vae.size}` VAE from run.seed"
+    return f"`{vae.size}` VAE with the fixed `{vae.init}` init (model.vae.init)"
 
 
 # --------------------------------------------------------------------------- the probe batch

@@ -55,7 +55,7 @@ def cache_key(config: FoveaConfig) -> dict[str, Any]:
         "num_frames": config.data.num_frames,
         "frame_size": config.data.frame_size,
         "seed": config.run.seed,
-        "vae": {"pretrained": vae.pretrained} if vae.pretrained else {"size": vae.size, "seed": config.run.seed},
+        "vae": {"pretrained": vae.pretrained} if vae.pretrained else {"size": vae.size, "init": vae.init, "seed": config.run.seed},
     }
 
 

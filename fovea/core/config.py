@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from fovea.core.errors import ConfigError, FoveaError
 
@@ -105,8 +105,17 @@ class VAEConfig(Section):
     """Hub id or local directory of a diffusers AutoencoderKL (SPEC: stabilityai/sd-vae-ft-mse); unset: random init at ``size``."""
     size: Literal["tiny", "sd"] = "sd"
     """Architecture for random init when ``pretrained`` is unset; ``tiny`` is the debug size."""
+    init: Literal["random", "pooling"] = "random"
+    """Weights when ``pretrained`` is unset: ``random`` (seeded by ``run.seed``; latents close to noise), or ``pooling``, a fixed init whose latent is the frame average-pooled 8x8 (R, G, B, luminance in [-1, 1]): image-like targets, as the SD-VAE's are (docs/quickstart.md)."""
     batch_size: int = Field(32, ge=1)
     """Frames per VAE forward when the targets are precomputed."""
+
+    @model_validator(mode="after")
+    def _init_needs_no_weights(self):
+        if self.pretrained and self.init != "random":
+            raise ValueError(f"init = {self.init!r} initialises a VAE without weights, and pretrained names weights: "
+                             f"set model.vae.init = 'random' to load them, or unset model.vae.pretrained")
+        return self
 
 
 class ModelConfig(Section):

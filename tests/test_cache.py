@@ -184,4 +184,5 @@ def test_training_on_videos_writes_the_data_report(tmp_path, video_dir):
     run = train(video_config(tmp_path, video_dir))
     report = json.loads(run.data_report_file.read_text())
     assert report["num_clips"] == 4 and report["num_skipped"] == 3
-    assert json.loads((run.path / "summary.json").read_text())["num_clips"] == 4
+    assert report["num_train"] == 3 and report["num_val"] == 1               # one of the 4 clips held out
+    assert json.loads((run.path / "summary.json").read_text())["num_clips"] == 3   # the training clips

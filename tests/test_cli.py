@@ -66,7 +66,7 @@ def test_failed_run_writes_nothing_and_keeps_latest(tmp_path):
     latest = (tmp_path / "runs" / "latest").resolve()
     bad = runner.invoke(app, ["run", str(QUICKSTART), *set_args(
         tiny_overrides(tmp_path, **{"training.batch_size": "64"}))])  # more than the 8 clips
-    assert bad.exit_code == 2 and "larger than the 8 clips" in bad.output
+    assert bad.exit_code == 2 and "larger than the 7 training clips" in bad.output
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == before
     assert (tmp_path / "runs" / "latest").resolve() == latest
 

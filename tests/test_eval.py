@@ -105,7 +105,8 @@ def test_no_held_out_clip_is_ever_in_a_training_batch_under_torchrun(tmp_path):
     from tests.test_distributed import finish, torchrun
 
     log = tmp_path / "reads.jsonl"
-    settings = {**LEAK_SETTINGS, "training.batch_size": "2"}   # 2 x 2 processes: the same global batch
+    # 2 x 2 processes: the same global batch; FSDP2, so the held-out evaluations run on a sharded model too
+    settings = {**LEAK_SETTINGS, "training.batch_size": "2", "distributed.strategy": "fsdp"}
     args = [a for item in tiny_overrides(tmp_path, **settings) for a in ("--set", item)]
     finish(torchrun("run", str(QUICKSTART), *args, entry=("-m", "tests.record_reads", str(log))))
     run = RunDir.open(tmp_path / "runs" / "latest")

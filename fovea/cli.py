@@ -20,7 +20,7 @@ from fovea.core.errors import FoveaError
 
 app = typer.Typer(
     name="fovea",
-    help="Train, profile and audit foveated video vision-language models.",
+    help="Train, evaluate, profile and audit foveated video vision-language models.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

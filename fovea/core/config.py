@@ -186,7 +186,7 @@ class EvalConfig(Section):
     batch_size: int = Field(16, ge=1)
     """Clips per forward pass when evaluating."""
     baseline_clips: int = Field(1024, ge=1)
-    """Training clips averaged for the ``mean_latent`` baseline."""
+    """Training clips averaged for the ``mean_latent`` baseline: the first ones in cache order (few shards to read)."""
 
 
 class FoveaConfig(Section):

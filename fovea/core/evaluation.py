@@ -184,7 +184,7 @@ class Evaluator:
         if not len(split.val):
             return None
         e = config.eval
-        mean = mean_latent(split.train.spread(e.baseline_clips), e.batch_size)
+        mean = mean_latent(split.train.first(e.baseline_clips), e.batch_size)
         return cls(split.val.spread(e.max_clips), mean, e.batch_size, device, dtype)
 
     def __call__(self, model: torch.nn.Module, step: int) -> dict[str, Any]:
@@ -259,7 +259,7 @@ def evaluate_run(run_dir, split: str = "val", clips: int | None = None, step: in
     load_weights(model, RunDir.weights_file(checkpoint))
     model.to(target)
     dtype = DTYPES[config.precision.dtype] if target.type == "cuda" else torch.float32
-    mean = mean_latent(data.train.spread(config.eval.baseline_clips), config.eval.batch_size)
+    mean = mean_latent(data.train.first(config.eval.baseline_clips), config.eval.batch_size)
     losses = clip_losses(model, chosen, mean, modes, config.eval.batch_size, target, dtype, progress)
     result = {"split": split, "step": int(checkpoint.name[5:]), "checkpoint": str(checkpoint),
               **summarize(losses), "device": str(target), "dtype": str(dtype).replace("torch.", ""),

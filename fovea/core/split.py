@@ -34,11 +34,10 @@ class ClipSet:
     def __len__(self) -> int:
         return len(self.indices)
 
-    def batches(self, batch_size: int, limit: int | None = None):
-        """``cache.read`` of consecutive chunks of (the first ``limit`` of) the clips."""
-        indices = self.indices[:limit]
-        for start in range(0, len(indices), batch_size):
-            yield self.cache.read(indices[start:start + batch_size])
+    def batches(self, batch_size: int):
+        """``cache.read`` of consecutive chunks of the clips."""
+        for start in range(0, len(self.indices), batch_size):
+            yield self.cache.read(self.indices[start:start + batch_size])
 
     def first(self, count: int) -> "ClipSet":
         """The first ``count`` clips in cache order: neighbours, so they touch few shards (each shard a

@@ -28,7 +28,7 @@ from fovea.audit.spec import Spec, load_spec
 from fovea.core.checkpoint import load_weights
 from fovea.core.config import FoveaConfig
 from fovea.core.errors import FoveaError
-from fovea.core.rundir import RunDir
+from fovea.core.rundir import RunDir, checkpoint_step
 
 PROBE_CLIPS = 2
 METRIC_KEYS = ("step", "loss_fine", "loss_coarse")
@@ -130,7 +130,7 @@ def read_evaluation(run: RunDir) -> tuple[dict[str, Any] | None, str]:
         return None, "the run recorded no held-out split (no split.json: it predates [eval])"
     if not split.get("num_val"):
         return None, "the run holds out no clips ([eval] val_fraction = 0)"
-    newest = int(run.latest_checkpoint.name[5:])
+    newest = checkpoint_step(run.latest_checkpoint)
     current = run.read_json(run.eval_file())
     if current is not None and current.get("step") == newest and set(MODES) <= set(current.get("modes", {})):
         return current, f"{run.eval_file().name} (`fovea eval`, checkpoint of step {newest})"

@@ -151,7 +151,7 @@ def summarize(losses: dict[str, torch.Tensor]) -> dict[str, Any]:
         result["skill"] = result["skill_ci95"] = None
     result["improvement"] = (relative_change(per_clip["coarse"], per_clip["fine"], draws)
                              if "coarse" in losses and "fine" in losses else None)
-    if "autoregressive" in losses and "fine" in losses:
+    if "autoregressive" in losses and "fine" in losses:   # (autoregressive - fine) / fine: minus the change
         gap = relative_change(per_clip["fine"], per_clip["autoregressive"], draws)
         result["autoregressive_gap"] = {"value": -gap["value"], "ci95": [-gap["ci95"][1], -gap["ci95"][0]],
                                         "absolute": result["modes"]["autoregressive"]["loss"]
@@ -224,7 +224,7 @@ def evaluate_run(run_dir, split: str = "val", clips: int | None = None, step: in
     import fovea
     from fovea.core.cache import build_cache
     from fovea.core.checkpoint import load_weights
-    from fovea.core.rundir import RunDir
+    from fovea.core.rundir import RunDir, checkpoint_step
     from fovea.core.split import build_split, check_recorded
     from fovea.core.devices import DTYPES, resolve_device
 
@@ -261,7 +261,7 @@ def evaluate_run(run_dir, split: str = "val", clips: int | None = None, step: in
     dtype = DTYPES[config.precision.dtype] if target.type == "cuda" else torch.float32
     mean = mean_latent(data.train.first(config.eval.baseline_clips), config.eval.batch_size)
     losses = clip_losses(model, chosen, mean, modes, config.eval.batch_size, target, dtype, progress)
-    result = {"split": split, "step": int(checkpoint.name[5:]), "checkpoint": str(checkpoint),
+    result = {"split": split, "step": checkpoint_step(checkpoint), "checkpoint": str(checkpoint),
               **summarize(losses), "device": str(target), "dtype": str(dtype).replace("torch.", ""),
               "elapsed_s": time.perf_counter() - started}
     run.write_json(run.eval_file(split).name, result)

@@ -31,6 +31,11 @@ def checkpoint_name(step: int) -> str:
     return f"step-{step:06d}"
 
 
+def checkpoint_step(checkpoint: Path) -> int:
+    """The optimizer step of a checkpoint directory ``step-NNNNNN``."""
+    return int(checkpoint.name[5:])
+
+
 @dataclass(frozen=True)
 class RunDir:
     path: Path
@@ -103,14 +108,11 @@ class RunDir:
 
     def checkpoint_at(self, step: int) -> Path:
         """The complete checkpoint directory of optimizer step ``step``; an error lists the ones kept."""
-        found = self.checkpoint_dir(step)
+        found = self.checkpoints_dir / checkpoint_name(step)
         if found not in self.checkpoints():
-            kept = ", ".join(str(int(p.name[5:])) for p in self.checkpoints()) or "none"
+            kept = ", ".join(str(checkpoint_step(p)) for p in self.checkpoints()) or "none"
             raise FoveaError(f"{self.path} has no complete checkpoint of step {step} (kept: {kept})")
         return found
-
-    def checkpoint_dir(self, step: int) -> Path:
-        return self.checkpoints_dir / checkpoint_name(step)
 
     @property
     def checkpoint_file(self) -> Path:

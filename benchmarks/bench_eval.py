@@ -55,7 +55,7 @@ def autoregressive_without_kv_cache(model, frames: torch.Tensor, latents: torch.
         query = model.query_head(hidden)
         states.append(hidden)
     prev = torch.cat([model.z_vae_init.expand(B, 1, -1, -1, -1), latents[:, :-1]], dim=1)
-    return model._predict(torch.stack(states, dim=1), prev)
+    return model.predict_latents(torch.stack(states, dim=1), prev)
 
 
 def llm_steps(model, steps: int, batch: int, cached: bool) -> None:
@@ -100,12 +100,13 @@ def main() -> None:
     latents = torch.randn(len(frames), config.data.num_frames, *shape)       # stand-in targets (N, T, C, h, w)
     clips = ClipSet(InMemoryClips(frames, latents), list(range(len(frames))))
     mean = latents.mean((0, 1))
+    baselines = {"next_latent": {"mean_latent": lambda latents, targets: (latents - mean).square().mean((2, 3, 4))}}
 
     def two_pass() -> None:
-        clip_losses(model, clips, mean, ("coarse", "fine"), args.batch, device, dtype)
+        clip_losses(model, clips, baselines, ("coarse", "fine"), args.batch, device, dtype)
 
     def autoregressive() -> None:
-        clip_losses(model, clips, mean, ("autoregressive",), args.batch, device, dtype)
+        clip_losses(model, clips, baselines, ("autoregressive",), args.batch, device, dtype)
 
     def no_kv_cache() -> None:
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):

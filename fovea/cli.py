@@ -92,11 +92,14 @@ def run_command(
     held_out = run.read_metrics("val")
     if held_out:
         v = held_out[-1]
-        best = min(v["baseline_mean_latent"], v["baseline_copy_previous"])
-        skill = f"{v['skill']:.3f}" if v.get("skill") is not None else "—"
-        typer.echo(f"held out ({v['clips']} clips): loss_fine {v['loss_fine']:.4g}  loss_coarse "
-                   f"{v['loss_coarse']:.4g}  best trivial baseline {best:.4g}  skill {skill}\n"
-                   f"intervals, the autoregressive mode and every held-out clip: fovea eval {run.path}")
+        typer.echo(f"held out ({v['clips']} clips):")
+        for name in cfg.objectives:
+            best = v.get(f"{name}_best_baseline")
+            skill = v.get(f"{name}_skill")
+            typer.echo(f"  {name}: fine {v[f'{name}_fine']:.4g}  coarse {v[f'{name}_coarse']:.4g}  best trivial "
+                       f"baseline {'—' if best is None else f'{best:.4g}'}  skill "
+                       f"{'—' if skill is None else f'{skill:.3f}'}")
+        typer.echo(f"intervals, the autoregressive mode and every held-out clip: fovea eval {run.path}")
 
 
 @app.command("precompute")
@@ -174,21 +177,52 @@ def eval_command(
     mean-latent and copy-previous baselines, skill, improvement and the autoregressive gap, each with a
     95 % bootstrap interval over clips.
     """
-    from fovea.core.evaluation import evaluate_run, headline, rows
+    from fovea.core.evaluation import UNITS, evaluate_run, headline, objective_results, rows
     from fovea.core.rundir import RunDir
 
     result = evaluate_run(run_dir, split=split, clips=clips, step=checkpoint,
                           modes=[m.strip() for m in modes.split(",") if m.strip()])
     typer.echo(f"{result['split']} split, {result['clips']} clips, checkpoint of step {result['step']} "
-               f"(MSE per clip; 95 % bootstrap interval over clips)")
-    table = rows(result)
-    widths = [max(len(row[i]) for row in table) for i in range(3)]
-    for row in table:
-        typer.echo("  " + "  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + f"  {row[3]}")
-    for line in headline(result):
-        typer.echo(line)
+               f"(95 % bootstrap interval over clips)")
+    for name, figures in objective_results(result).items():
+        typer.echo(f"{name} ({UNITS.get(name, 'loss per clip')})")
+        table = rows(figures)
+        widths = [max(len(row[i]) for row in table) for i in range(3)]
+        for row in table:
+            typer.echo("  " + "  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + f"  {row[3]}")
+        for line in headline(figures):
+            typer.echo(line)
     written = RunDir.open(run_dir).eval_file(split)
     typer.echo(f"wrote {written} and {written.with_suffix('.md').name}")
+
+
+@app.command("caption")
+@user_errors
+def caption_command(
+    run_dir: Path = typer.Argument(..., help="A run trained with the caption objective, e.g. runs/latest.",
+                                   show_default=False),
+    videos: Optional[List[Path]] = typer.Argument(None, help="Video files to caption (default: held-out clips).",
+                                                  show_default=False),
+    split: str = typer.Option("val", "--split", help="Without VIDEO: val (the held-out clips) or train."),
+    clips: int = typer.Option(16, "--clips", min=1, help="Without VIDEO: caption at most N clips, evenly spread."),
+    max_tokens: int = typer.Option(64, "--max-tokens", min=1, help="Stop a caption after N tokens."),
+    checkpoint: Optional[int] = typer.Option(None, "--checkpoint", metavar="STEP", min=0,
+                                             help="The checkpoint of this optimizer step (default: the newest)."),
+) -> None:
+    """Write captions with a trained model, frame by frame with its own queries, beside the reference ones.
+
+    Greedy decoding in the autoregressive mode (one pass, KV cache); writes captions.jsonl into the run.
+    """
+    from fovea.core.captioning import caption_run
+
+    path, rows = caption_run(run_dir, [str(v) for v in videos or []], split=split, clips=clips,
+                             max_tokens=max_tokens, step=checkpoint)
+    for row in rows:
+        typer.echo(row["source"])
+        typer.echo(f"  generated: {row['generated']}")
+        if row["reference"] is not None:
+            typer.echo(f"  reference: {row['reference']}")
+    typer.echo(f"wrote {path}")
 
 
 @config_app.command("show")
@@ -213,7 +247,7 @@ def config_validate(config: Path = ConfigArgument, overrides: List[str] = SetOpt
 @app.command("plugins")
 @user_errors
 def plugins_command(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
-    """List every registered encoder, head and loader with its source and description."""
+    """List every registered encoder, head, loader (clip source) and objective with its source and description."""
     from fovea.core.plugins import all_parts
 
     parts = [part.as_dict() for part in all_parts()]

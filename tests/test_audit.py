@@ -241,36 +241,17 @@ def test_patches_attending_to_the_query_is_a_failure(tiny_run, tmp_path, broken_
 # --------------------------------------------------------------------------- two-pass wiring
 
 
-def miswired_forward(pass2: str):
-    """``FoveatedVLM.forward`` with pass 2 miswired: ``"unshifted"`` reads frame t with q_t (made after
-    seeing frame t); ``"static"`` reads every frame with q_static again."""
-    def forward(self, frames, latents, return_attention=False):
-        B, T = frames.shape[:2]
-        cache = self.encoder.encode(frames.flatten(0, 1).float().div(255.0))
-
-        def attend(queries):
-            out = self.encoder.attend(queries, cache, return_attention=return_attention)
-            features, attention = out if return_attention else (out, None)
-            return features.view(B, T, -1), None if attention is None else attention.view(B, T, -1)
-
-        z_static, att_static = attend(self.q_static.expand(B * T, -1))
-        h1 = self._read_sequence(self.coarse_token, z_static)
-        queries = self.query_head(h1[:, 1:])
-        wrong = queries if pass2 == "unshifted" else self.q_static.expand(B, T, -1)
-        z_dynamic, att_dynamic = attend(wrong.reshape(B * T, -1))
-        h2 = self._read_sequence(self.fine_token, z_dynamic)
-        prev = torch.cat([self.z_vae_init.expand(B, 1, -1, -1, -1), latents[:, :-1]], dim=1)
-        pred_coarse, pred_fine = self._predict(h1[:, :-1], prev), self._predict(h2[:, :-1], prev)
-        loss_coarse = F.mse_loss(pred_coarse.float(), latents.float())
-        loss_fine = F.mse_loss(pred_fine.float(), latents.float())
-        return FoveatedOutput(loss_fine + self.lambda_coarse * loss_coarse, loss_fine, loss_coarse, pred_fine,
-                              pred_coarse, queries, att_static, att_dynamic)
-    return forward
+def miswired_shift(pass2: str):
+    """``FoveatedVLM.shift_queries`` miswired: ``"unshifted"`` reads frame t with q_t (made after seeing
+    frame t); ``"static"`` reads every frame with q_static again."""
+    if pass2 == "unshifted":
+        return lambda self, queries: queries
+    return lambda self, queries: self.q_static.expand_as(queries)
 
 
 @pytest.mark.parametrize("pass2", ["unshifted", "static"])
 def test_pass2_not_fed_by_shifted_pass1_queries_is_a_failure(tiny_run, monkeypatch, pass2):
-    monkeypatch.setattr(FoveatedVLM, "forward", miswired_forward(pass2))
+    monkeypatch.setattr(FoveatedVLM, "shift_queries", miswired_shift(pass2))
     checks = audit(tiny_run.path, check_wiring)
     assert checks["wiring.pass2_shift"].status == "fail"
     assert checks["wiring.pass2_follows_pass1"].status == "fail"
@@ -282,7 +263,7 @@ def test_pass2_not_fed_by_shifted_pass1_queries_is_a_failure(tiny_run, monkeypat
 def test_prediction_that_sees_its_target_is_a_failure(tiny_run, monkeypatch):
     read = FoveatedVLM._read_sequence
     # the state used for frame t has then seen z_t: the classic off-by-one
-    monkeypatch.setattr(FoveatedVLM, "_read_sequence", lambda self, token, z: read(self, token, z).roll(-1, dims=1))
+    monkeypatch.setattr(FoveatedVLM, "_read_sequence", lambda self, token, z, *rest: read(self, token, z, *rest).roll(-1, dims=1))
     checks = audit(tiny_run.path, check_wiring)
     leak = checks["wiring.no_target_leak"]
     assert leak.status == "fail" and "off by one" in leak.reason

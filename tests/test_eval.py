@@ -19,6 +19,7 @@ from fovea.core.evaluation import (BASELINES, MODES, bootstrap_draws, clip_losse
 from fovea.core.rundir import RunDir
 from fovea.core.split import ClipSet, clip_key, split_cache
 from fovea.core.train import train
+from fovea.plugins.objectives.next_latent import NextLatent
 from tests.helpers import QUICKSTART, ROOT, tiny_overrides
 
 runner = CliRunner()
@@ -131,7 +132,15 @@ def test_baselines_equal_hand_computed_values():
     clips = ClipSet(HandMadeCache(latents), [0, 1])
     mean = mean_latent(clips, batch_size=1)
     assert mean.item() == pytest.approx(3.0)
-    losses = clip_losses(torch.nn.Identity(), clips, mean, modes=(), batch_size=1)
+
+    class Blind(torch.nn.Module):   # a model that only carries the objective: no mode is evaluated
+        objectives = {"next_latent": (NextLatent(NextLatent.Config()), 1.0)}
+
+        def prepare(self, batch):
+            return {}
+
+    baselines = {"next_latent": NextLatent(NextLatent.Config()).baselines(clips, 1, None)}
+    losses = clip_losses(Blind(), clips, baselines, modes=(), batch_size=1)["next_latent"]
     # mean_latent: clip 1 (4 + 1 + 0) / 3, clip 2 (0 + 1 + 4) / 3
     assert losses["mean_latent"].mean(1).tolist() == pytest.approx([5 / 3, 5 / 3])
     # copy_previous predicts [3, 1, 2] and [3, 3, 4]: clip 1 (4 + 1 + 1) / 3, clip 2 (0 + 1 + 1) / 3
@@ -147,14 +156,19 @@ def test_baselines_equal_hand_computed_values():
     assert result["autoregressive_gap"] is None
 
 
+def autoregressive_pred(model, frames, latents):
+    """The deployed mode's latent predictions (B, T, C, h, w)."""
+    return model.autoregressive(frames, latents)["next_latent"].detail["pred"]
+
+
 def test_autoregressive_mode_equals_fine_when_queries_ignore_what_was_read(tiny_model, tiny_batch):
     frames, latents = tiny_batch
     with torch.no_grad():
-        moving = tiny_model.autoregressive(frames, latents)
+        moving = autoregressive_pred(tiny_model, frames, latents)
         assert (moving - tiny_model(frames, latents).pred_fine).abs().max() > 1e-4   # queries follow the reads
         tiny_model.query_head.weight.zero_()          # every query is the bias: nothing read steers the next one
         fine = tiny_model(frames, latents).pred_fine
-        assert torch.allclose(tiny_model.autoregressive(frames, latents), fine, atol=1e-6)
+        assert torch.allclose(autoregressive_pred(tiny_model, frames, latents), fine, atol=1e-6)
 
 
 def test_autoregressive_prediction_never_sees_its_target_frame(tiny_model, tiny_batch):
@@ -162,7 +176,7 @@ def test_autoregressive_prediction_never_sees_its_target_frame(tiny_model, tiny_
     changed = frames.clone()
     changed[:, 5:] = 255 - changed[:, 5:]
     with torch.no_grad():
-        before, after = tiny_model.autoregressive(frames, latents), tiny_model.autoregressive(changed, latents)
+        before, after = (autoregressive_pred(tiny_model, f, latents) for f in (frames, changed))
     assert torch.equal(before[:, :6], after[:, :6])       # predictions of frames 1..6 read frames < 6 only
     assert not torch.equal(before[:, 6:], after[:, 6:])
 

@@ -38,7 +38,7 @@ def test_no_prediction_sees_its_target_frame(tiny_model, tiny_batch):
 def test_leak_probe_catches_an_off_by_one(tiny_model, tiny_batch, monkeypatch):
     read = tiny_model._read_sequence
     # the state used for frame t would then have seen z_t: the classic wiring bug
-    monkeypatch.setattr(tiny_model, "_read_sequence", lambda token, z: read(token, z).roll(-1, dims=1))
+    monkeypatch.setattr(tiny_model, "_read_sequence", lambda token, z, *rest: read(token, z, *rest).roll(-1, dims=1))
     leak = probes.target_leak(tiny_model, *tiny_batch)
     assert leak["pred_coarse"] > 1e-4 and leak["pred_fine"] > 1e-4    # 100x above the clean bound
 

@@ -110,7 +110,7 @@ def test_nonfinite_loss_or_gradient_is_caught_before_the_weights_change(tiny_con
     poisoned[1, 3, 0, 0, 0] = float("nan")                          # one value of one target of clip 6
     with pytest.raises(NonFiniteStep) as caught:
         train_step(state, iter([{**good, "latents": poisoned}]), PhaseTimer())
-    assert caught.value.which == ["loss", "loss_fine", "loss_coarse"] and caught.value.clips == [[5, 6]]
+    assert caught.value.which == ["loss", "loss_fine", "loss_coarse", "next_latent_coarse", "next_latent_fine"] and caught.value.clips == [[5, 6]]
     assert unchanged(before) and all(p.grad is None for p in model.parameters())
 
     hook = model.q_static.register_hook(lambda grad: grad * float("inf"))   # finite loss, infinite gradient

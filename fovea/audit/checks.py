@@ -157,7 +157,7 @@ def _merge_recommendations(checks: list[Check], template: str) -> None:
 
 def check_components(ev: "Evidence") -> list[Check]:
     """Trainability per component: requires_grad, gradient on a real batch, weights moved; VAE frozen."""
-    reach = probes.gradient_reach(ev.model, ev.frames, ev.latents)
+    reach = probes.gradient_reach(ev.model, ev.frames, ev.latents, ev.targets)
     trained = {n: p.detach() for n, p in ev.model.named_parameters()}
     initial = {n: p.detach() for n, p in ev.initial.named_parameters()}
     flags = {n: p.requires_grad for n, p in ev.model.named_parameters()}
@@ -370,6 +370,7 @@ def check_wiring(ev: "Evidence") -> list[Check]:
     """Pass 1 static, pass 2 shifted and fed by pass 1, no target leak, each frame encoded once."""
     # The wiring is a property of the code, not of the data: the first probe clip shows it, at half the cost.
     model, frames, latents = ev.model, ev.frames[:1], ev.latents[:1]
+    targets = {k: v[:1] for k, v in (ev.targets or {}).items()}
     tol = ev.spec.wiring.tolerance
     B, T = frames.shape[:2]
     batch = f"Probe batch: the first of {ev.batch_origin}."
@@ -382,7 +383,7 @@ def check_wiring(ev: "Evidence") -> list[Check]:
                    "about the run's data",
             recommendation="audit where the run's data source is readable"))
 
-    wiring = probes.query_wiring(model, frames, latents)
+    wiring = probes.query_wiring(model, frames, latents, targets)
     q_scale = max(model.q_static.abs().max().item(), model.q_init.abs().max().item(), 1e-12)
     calls = int(wiring["attend_calls"])
     call_problem = "" if calls == 2 else f"encoder.attend ran {calls} times in one forward, not 2 (pass 1, pass 2)"
@@ -411,7 +412,7 @@ def check_wiring(ev: "Evidence") -> list[Check]:
         recommendation="" if shift_ok else "shifted = cat([q_init, queries[:, :-1]], dim=1) and read pass 2 with it",
         measurements={"pass2_shift": wiring["pass2_shift"], "query_scale": q_scale}))
 
-    perturb = probes.pass1_perturbation(model, frames, latents)
+    perturb = probes.pass1_perturbation(model, frames, latents, targets=targets)
     t = perturb["t"]
     if perturb["change"] is None:
         follows_ok, observed = False, f"encoder.attend ran {perturb['attend_calls']} times in one forward, not 2"
@@ -442,28 +443,35 @@ def check_wiring(ev: "Evidence") -> list[Check]:
         recommendation="" if follows_ok else "derive the pass-2 queries from the pass-1 hidden states, shifted by one",
         measurements=perturb))
 
-    leak = probes.target_leak(model, frames, latents)      # T copies of the clip in one forward
-    with torch.no_grad():
-        base = model(frames, latents)
-    pred_scale = max(base.pred_fine.abs().max().item(), base.pred_coarse.abs().max().item(), 1e-12)
-    leaks = {name: (leak[name], tol * max(pred_scale, leak[f"{name}_response"])) for name in ("pred_coarse", "pred_fine")}
-    leaking = [name for name, (value, threshold) in leaks.items() if value > threshold]
-    checks.append(Check(
-        "wiring.no_target_leak", "No prediction sees its own target frame", "wiring",
-        "fail" if leaking else "pass",
-        expected="the prediction for frame t depends on frames < t only (SPEC: both passes)",
-        observed=(f"replacing frames ≥ t by noise moves the prediction for frame t by ≤ "
-                  f"{_fmt(leak['pred_coarse'])} (coarse), {_fmt(leak['pred_fine'])} (fine); predictions that may "
-                  f"see the change move by {_fmt(leak['pred_coarse_response'])}, {_fmt(leak['pred_fine_response'])}"),
-        evidence=f"T copies of the clip in one forward, copy t with frames and latents ≥ t replaced by noise "
-                 f"(fovea.audit.probes.target_leak); threshold {_fmt(tol)} × prediction scale. {batch}",
-        reason=(f"{' and '.join(leaking)} moves when its own target frame changes: the wiring is off by one. SPEC "
-                "\"Failure modes\": a suspiciously low loss that means nothing") if leaking else "",
-        recommendation="predict frame t from the hidden state before z_t (positions [mode, z_1 … z_{T−1}])"
-        if leaking else "",
-        measurements=leak))
+    if "next_latent" in model.objectives:
+        leak = probes.target_leak(model, frames, latents, targets)      # T copies of the clip in one forward
+        with torch.no_grad():
+            base = model(frames, latents, targets)
+        pred_scale = max(base.pred_fine.abs().max().item(), base.pred_coarse.abs().max().item(), 1e-12)
+        leaks = {name: (leak[name], tol * max(pred_scale, leak[f"{name}_response"])) for name in ("pred_coarse", "pred_fine")}
+        leaking = [name for name, (value, threshold) in leaks.items() if value > threshold]
+        checks.append(Check(
+            "wiring.no_target_leak", "No prediction sees its own target frame", "wiring",
+            "fail" if leaking else "pass",
+            expected="the prediction for frame t depends on frames < t only (SPEC: both passes)",
+            observed=(f"replacing frames ≥ t by noise moves the prediction for frame t by ≤ "
+                      f"{_fmt(leak['pred_coarse'])} (coarse), {_fmt(leak['pred_fine'])} (fine); predictions that may "
+                      f"see the change move by {_fmt(leak['pred_coarse_response'])}, {_fmt(leak['pred_fine_response'])}"),
+            evidence=f"T copies of the clip in one forward, copy t with frames and latents ≥ t replaced by noise "
+                     f"(fovea.audit.probes.target_leak); threshold {_fmt(tol)} × prediction scale. {batch}",
+            reason=(f"{' and '.join(leaking)} moves when its own target frame changes: the wiring is off by one. SPEC "
+                    "\"Failure modes\": a suspiciously low loss that means nothing") if leaking else "",
+            recommendation="predict frame t from the hidden state before z_t (positions [mode, z_1 … z_{T−1}])"
+            if leaking else "",
+            measurements=leak))
 
-    sizes = probes.encode_calls(model, frames, latents)
+    else:
+        checks.append(Check(
+            "wiring.no_target_leak", "No prediction sees its own target frame", "wiring", "info",
+            expected="the prediction for frame t depends on frames < t only (SPEC: both passes)",
+            observed=f"not measured: the run does not train next_latent ({', '.join(model.objectives)})"))
+
+    sizes = probes.encode_calls(model, frames, latents, targets)
     once = sizes == [B * T]
     checks.append(Check(
         "wiring.encode_once", "Each frame is encoded once per step", "wiring", "pass" if once else "warn",
@@ -473,7 +481,66 @@ def check_wiring(ev: "Evidence") -> list[Check]:
                "pass 2 may not read the same features",
         recommendation="" if once else "encode once and attend twice against the same cache",
         measurements={"encode_call_sizes": sizes}))
+    checks.append(_pass_independence_check(model, frames, latents, targets, tol, batch))
+    if "caption" in model.objectives:
+        checks.append(_caption_causality_check(model, ev, tol))
     return checks
+
+
+def _pass_independence_check(model, frames, latents, targets, tol: float, batch: str) -> Check:
+    """Each objective's coarse loss comes from pass 1 alone, its fine loss from pass 2's reads."""
+    found = probes.pass_independence(model, frames, latents, targets)
+    names = list(model.objectives)
+    leaking = [n for n in names if found[f"{n}_coarse"] > tol * max(found[f"{n}_scale"], 1e-12)]
+    deaf = [n for n in names if found[f"{n}_fine"] <= tol * max(found[f"{n}_scale"], 1e-12)]
+    ok = found["attend_calls"] == 2 and not leaking and not deaf
+    observed = "; ".join(f"{n}: coarse moves by {_fmt(found[f'{n}_coarse'])}, fine by {_fmt(found[f'{n}_fine'])}"
+                         for n in names)
+    problems = [f"{', '.join(leaking)}_coarse moves when pass 2's reads change: the coarse prediction reads pass 2"
+                ] if leaking else []
+    problems += [f"{', '.join(deaf)}_fine does not depend on pass 2's reads: the fine prediction ignores pass 2"
+                 ] if deaf else []
+    if found["attend_calls"] != 2:
+        problems.append(f"encoder.attend ran {found['attend_calls']} times in one forward, not 2")
+    return Check(
+        "wiring.pass_independence", "Each pass predicts from its own states", "wiring", "pass" if ok else "fail",
+        expected="replacing pass 2's reads leaves every objective's coarse loss unchanged and moves its fine loss "
+                 "(SPEC: coarse from pass 1, fine from pass 2)",
+        observed=observed,
+        evidence=f"The second encoder.attend call's output replaced by seeded noise of the same scale "
+                 f"(fovea.audit.probes.pass_independence); threshold {_fmt(tol)} × the loss per clip. {batch}",
+        reason="; ".join(problems) + (": improvement = (coarse − fine) / coarse then measures nothing"
+                                      if problems else ""),
+        recommendation="" if ok else "score pass 1 from the pass-1 hidden states and pass 2 from the pass-2 ones",
+        measurements=found)
+
+
+def _caption_causality_check(model, ev: "Evidence", tol: float) -> Check:
+    """A caption token is predicted from the frames and the tokens before it, and from its own clip only."""
+    found = probes.caption_causality(model, ev.frames, ev.latents, ev.targets)
+    bad = []
+    for mode in ("coarse", "fine"):
+        threshold = tol * max(found[f"{mode}_scale"], 1e-12)
+        if found[f"{mode}_before"] > threshold:
+            bad.append(f"{mode}: the prediction of caption token ≤ {found['position'] + 1} moves when token "
+                       f"{found['position'] + 1} changes (it sees its target)")
+        if found[f"{mode}_other_clips"] > threshold:
+            bad.append(f"{mode}: another clip's caption logits move (clips of a batch see each other)")
+        if found[f"{mode}_after"] <= threshold:
+            bad.append(f"{mode}: later caption tokens ignore the earlier ones")
+    return Check(
+        "wiring.no_caption_leak", "Caption tokens see only what comes before them, in their own clip", "wiring",
+        "fail" if bad else "pass",
+        expected="changing caption token j of clip 0 moves the logits of its later tokens only, and of no other clip",
+        observed="; ".join(f"{mode}: positions ≤ j move by {_fmt(found[f'{mode}_before'])}, later ones by "
+                           f"{_fmt(found[f'{mode}_after'])}, other clips by {_fmt(found[f'{mode}_other_clips'])}"
+                           for mode in ("coarse", "fine")),
+        evidence=f"Caption token {found['position'] + 1} of {found['caption_tokens']} of the first probe clip "
+                 f"replaced (fovea.audit.probes.caption_causality); threshold {_fmt(tol)} × logit scale. "
+                 f"Probe batch: {ev.batch_origin}.",
+        reason="; ".join(bad), recommendation="" if not bad else "append the caption after the frames and keep the "
+        "LLM's causal mask; never mix clips along the batch dimension",
+        measurements=found)
 
 
 # --------------------------------------------------------------------------- 3. query mechanism
@@ -825,6 +892,18 @@ def check_training(ev: "Evidence") -> list[Check]:
             evidence=evidence, reason="" if same else impact, label="" if same else "MODIFIED",
             recommendation="" if same else (f"batch_size × grad_accum × processes = {_fmt(expected)}"
                                             if key == "effective_batch" else f"`{key} = {_fmt(expected)}`")))
+    trained = ", ".join(f"{name} (weight {_fmt(table.weight)})" for name, table in config.objectives.items())
+    phase1 = list(config.objectives) == ["next_latent"]
+    checks.append(Check(
+        "training.objectives", "Objectives trained", "training", "info",
+        expected="next_latent (SPEC phase 1: next-frame VAE latent, MSE)",
+        observed=trained + (f"; prompt {config.model.prompt!r}" if config.model.prompt else "")
+        + ("" if ev.model.codec is None else f"; tokenizer: {ev.model.codec.name}"),
+        evidence="[objectives] and [model] prompt in config.toml",
+        reason="" if phase1 else "the run trains beyond the spec's phase 1: its losses and improvement are per "
+                                 "objective (the results below)",
+        measurements={"objectives": {n: t.weight for n, t in config.objectives.items()},
+                      "prompt": config.model.prompt}))
     dtype = config.precision.dtype
     same = dtype == ev.spec.precision.dtype
     checks.append(Check(
@@ -885,9 +964,13 @@ def check_results(ev: "Evidence") -> list[Check]:
             reason="steps were skipped or training diverged; the result below uses the finite lines only",
             recommendation="look at nonfinite.jsonl; lower the learning rate or check the data and targets"))
     tail = finite[-max(1, len(finite) // 4):]
-    train_fine = sum(m["loss_fine"] for m in tail) / len(tail) if tail else None
-    train_coarse = sum(m["loss_coarse"] for m in tail) / len(tail) if tail else None
     held = ev.evaluation
+    primary = (held or {}).get("primary", "next_latent")
+    # the primary objective's own training losses (the weighted total when they were not logged)
+    fine_key, coarse_key = ((f"{primary}_fine", f"{primary}_coarse") if tail and _finite(tail[0].get(f"{primary}_fine"))
+                            else ("loss_fine", "loss_coarse"))
+    train_fine = sum(m[fine_key] for m in tail) / len(tail) if tail else None
+    train_coarse = sum(m[coarse_key] for m in tail) / len(tail) if tail else None
     if held is None:
         checks.append(Check(
             "results.learned", "The model beats the trivial baselines on held-out clips", "results", "info",
@@ -900,6 +983,13 @@ def check_results(ev: "Evidence") -> list[Check]:
         checks.append(_improvement_check(ev, held["improvement"], held["modes"]["fine"]["loss"],
                                          held["modes"]["coarse"]["loss"], f"{held['clips']} held-out clips, "
                                          f"{ev.evaluation_origin}", interval=True))
+        for name, figures in (held.get("objectives") or {}).items():   # the other objectives, each on its own
+            if name != primary and figures.get("skill") is not None:
+                checks.append(_for_objective(_learned_check(ev, figures), name))
+            if name != primary and figures.get("improvement") is not None:
+                checks.append(_for_objective(_improvement_check(
+                    ev, figures["improvement"], figures["modes"]["fine"]["loss"], figures["modes"]["coarse"]["loss"],
+                    f"{held['clips']} held-out clips, {ev.evaluation_origin}", interval=True), name))
     elif tail:
         checks.append(_improvement_check(ev, {"value": (train_coarse - train_fine) / train_coarse if train_coarse
                                               else 0.0, "ci95": None}, train_fine, train_coarse,
@@ -930,6 +1020,12 @@ def check_results(ev: "Evidence") -> list[Check]:
     return checks
 
 
+def _for_objective(check: Check, name: str) -> Check:
+    """``check`` about one objective of several: its id and title name the objective."""
+    check.id, check.title = f"{check.id}.{name}", f"{check.title} ({name})"
+    return check
+
+
 def _learned_check(ev: "Evidence", held: dict[str, Any]) -> Check:
     """❌ when the fine pass does not beat the best trivial baseline on held-out clips."""
     spec = ev.spec.results
@@ -950,7 +1046,7 @@ def _learned_check(ev: "Evidence", held: dict[str, Any]) -> Check:
         observed=(f"skill {skill * 100:+.2f} % (95 % CI {low * 100:+.2f} … {high * 100:+.2f} %): loss_fine "
                   f"{_fmt(fine)} vs {best} {_fmt(baseline)} ({others})"),
         evidence=f"{held['clips']} held-out clips, checkpoint of step {held['step']}; {ev.evaluation_origin}",
-        reason={"fail": "the model learned nothing that predicting the mean latent or copying the last frame does "
+        reason={"fail": f"the model learned nothing that a trivial predictor ({', '.join(held['baselines'])}) does "
                         "not know: a falling training loss is not learning",
                 "warn": "the model barely beats a trivial predictor; its other figures (improvement) say little",
                 "pass": ""}[status],

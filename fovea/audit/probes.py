@@ -3,7 +3,9 @@
 Each probe runs the real model on a real batch in eval mode and returns numbers; callers (tests,
 ``fovea audit``) decide what is good enough. SPEC.md "Two-pass training" and "Failure modes".
 
-Wiring: ``target_leak``, ``query_wiring``, ``pass1_perturbation``, ``encode_calls``. Query mechanism
+Wiring: ``target_leak``, ``query_wiring``, ``pass1_perturbation``, ``encode_calls``,
+``pass_independence`` (every objective), ``caption_causality``. Every probe takes the objectives'
+``targets`` (``FoveatedVLM.prepare``) for models that read text. Query mechanism
 (any encoder that keeps the contract ``encode``/``attend``/``dim``): ``query_sensitivity``,
 ``attention_stats``, ``patch_invariance``. Head: ``head_probe``. Training: ``gradient_reach``.
 """
@@ -19,8 +21,15 @@ from typing import Any, Callable, Iterator
 import torch
 
 
+def repeat_targets(targets: dict | None, copies: int) -> dict | None:
+    """Objective targets (B, ...) for ``copies`` copies of the batch stacked copy-major, (copies * B, ...)."""
+    if not targets:
+        return targets
+    return {k: v.repeat(copies, *([1] * (v.dim() - 1))) for k, v in targets.items()}
+
+
 @torch.no_grad()
-def target_leak(model, frames: torch.Tensor, latents: torch.Tensor) -> dict[str, float]:
+def target_leak(model, frames: torch.Tensor, latents: torch.Tensor, targets: dict | None = None) -> dict[str, float]:
     """Largest change of the prediction for frame t when frames >= t (and their latents) change.
 
     Copy t of the batch has frames t.. and latents t.. replaced by noise; all T copies run in one
@@ -34,8 +43,8 @@ def target_leak(model, frames: torch.Tensor, latents: torch.Tensor) -> dict[str,
     mask_f = changed[:, None, :, None, None, None]                               # (T, 1, T, 1, 1, 1)
     probed_frames = torch.where(mask_f, noise_frames[None], frames[None]).flatten(0, 1)   # (T*B, T, 3, S, S)
     probed_latents = torch.where(mask_f, noise_latents[None], latents[None]).flatten(0, 1)
-    base = model(frames, latents)
-    probed = model(probed_frames, probed_latents)
+    base = model(frames, latents, targets)
+    probed = model(probed_frames, probed_latents, repeat_targets(targets, T))
     must_hold = ~changed | torch.eye(T, dtype=torch.bool, device=frames.device)  # frames < t, and t itself
     report = {}
     for name in ("pred_coarse", "pred_fine"):
@@ -67,7 +76,7 @@ def record_attend_calls(model) -> Iterator[list[torch.Tensor]]:
 
 
 @torch.no_grad()
-def query_wiring(model, frames: torch.Tensor, latents: torch.Tensor) -> dict[str, float]:
+def query_wiring(model, frames: torch.Tensor, latents: torch.Tensor, targets: dict | None = None) -> dict[str, float]:
     """How far the queries the encoder received are from the spec's wiring (0.0 = exact).
 
     ``pass1_static``: pass 1 reads every frame with ``q_static``. ``pass2_shift``: pass 2 reads
@@ -79,7 +88,7 @@ def query_wiring(model, frames: torch.Tensor, latents: torch.Tensor) -> dict[str
     handle = model.query_head.register_forward_hook(lambda mod, args, out: produced.append(out.detach()))
     try:
         with record_attend_calls(model) as calls:
-            model(frames, latents)
+            model(frames, latents, targets)
     finally:
         handle.remove()
     if len(calls) != 2 or len(produced) != 1:
@@ -123,7 +132,7 @@ def record_attend_outputs(model) -> Iterator[list[tuple[torch.Tensor, torch.Tens
 
 
 @torch.no_grad()
-def encode_calls(model, frames: torch.Tensor, latents: torch.Tensor) -> list[int]:
+def encode_calls(model, frames: torch.Tensor, latents: torch.Tensor, targets: dict | None = None) -> list[int]:
     """Frames per ``model.encoder.encode`` call in one forward (SPEC: one call reading all B*T frames)."""
     sizes: list[int] = []
     original = model.encoder.encode
@@ -133,12 +142,13 @@ def encode_calls(model, frames: torch.Tensor, latents: torch.Tensor) -> list[int
         return original(pixels, *args, **kwargs)
 
     with _replaced(model.encoder, "encode", counting):
-        model(frames, latents)
+        model(frames, latents, targets)
     return sizes
 
 
 @torch.no_grad()
-def pass1_perturbation(model, frames: torch.Tensor, latents: torch.Tensor, t: int | None = None) -> dict[str, Any]:
+def pass1_perturbation(model, frames: torch.Tensor, latents: torch.Tensor, t: int | None = None,
+                       targets: dict | None = None) -> dict[str, Any]:
     """Which pass-2 reads change when the pass-1 read of frame ``t`` (0-based) is nudged.
 
     SPEC: pass 2 reads frame s with the query produced after frame s-1, so the queries of frames <= t
@@ -149,7 +159,7 @@ def pass1_perturbation(model, frames: torch.Tensor, latents: torch.Tensor, t: in
     B, T = frames.shape[:2]
     t = max(0, T // 2 - 1) if t is None else t
     with record_attend_calls(model) as base:
-        model(frames, latents)
+        model(frames, latents, targets)
     calls: list[torch.Tensor] = []
     original = model.encoder.attend
 
@@ -164,7 +174,7 @@ def pass1_perturbation(model, frames: torch.Tensor, latents: torch.Tensor, t: in
         return out
 
     with _replaced(model.encoder, "attend", perturbed):
-        model(frames, latents)
+        model(frames, latents, targets)
     if len(base) != 2 or len(calls) != 2:
         return {"attend_calls": len(calls), "t": t, "change": None, "scale": None}
     change = (calls[1] - base[1]).view(B, T, -1).abs().amax(dim=(0, 2))         # (T,) per frame
@@ -314,7 +324,7 @@ def head_probe(head, hidden: torch.Tensor, prev: torch.Tensor) -> dict[str, floa
             "zeroed_vs_prev": ((out_zero.float() - prev.float()).norm() / prev_norm).item()}
 
 
-def gradient_reach(model, frames: torch.Tensor, latents: torch.Tensor) -> dict[str, float]:
+def gradient_reach(model, frames: torch.Tensor, latents: torch.Tensor, targets: dict | None = None) -> dict[str, float]:
     """Largest |gradient| of the loss for every parameter, as if all were trainable (0.0: not reached).
 
     One forward and backward on a real batch with ``requires_grad`` switched on everywhere, so a
@@ -326,10 +336,72 @@ def gradient_reach(model, frames: torch.Tensor, latents: torch.Tensor) -> dict[s
         for p in model.parameters():
             p.requires_grad_(True)
             p.grad = None
-        model(frames, latents).loss.backward()
+        model(frames, latents, targets).loss.backward()
         return {name: (p.grad.abs().max().item() if p.grad is not None else 0.0)
                 for name, p in model.named_parameters()}
     finally:
         for name, p in model.named_parameters():
             p.requires_grad_(flags[name])
             p.grad = grads[name]
+
+
+@torch.no_grad()
+def pass_independence(model, frames: torch.Tensor, latents: torch.Tensor, targets: dict | None = None) -> dict[str, Any]:
+    """Each objective's coarse and fine losses when pass 2's reads change: the coarse ones must not move.
+
+    SPEC: each pass predicts from its own states. The second ``attend`` call's output (pass 2's reads)
+    is replaced by noise of the same scale; per objective, ``<name>_coarse`` is the largest change of the
+    pass-1 loss per clip (must be 0), ``<name>_fine`` that of the pass-2 loss (must be > 0), with
+    ``<name>_scale`` the loss's size.
+    """
+    base = model(frames, latents, targets)
+    calls: list[int] = []
+    original = model.encoder.attend
+
+    def noisy(queries, cache, *args, **kwargs):
+        out = original(queries, cache, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:                                                      # pass 2
+            features, rest = (out[0], out[1:]) if isinstance(out, tuple) else (out, None)
+            generator = torch.Generator(device=features.device).manual_seed(0)
+            noise = torch.randn(features.shape, generator=generator, device=features.device, dtype=features.dtype)
+            replaced = noise * features.float().std().clamp_min(1e-3).to(features.dtype)
+            out = replaced if rest is None else (replaced, *rest)
+        return out
+
+    with _replaced(model.encoder, "attend", noisy):
+        probed = model(frames, latents, targets)
+    report: dict[str, Any] = {"attend_calls": len(calls)}
+    for name, terms in base.terms.items():
+        for mode in ("coarse", "fine"):
+            change = (probed.terms[name][mode].per_clip - terms[mode].per_clip).abs().max().item()
+            report[f"{name}_{mode}"] = change
+        report[f"{name}_scale"] = terms["fine"].per_clip.abs().max().item()
+    return report
+
+
+@torch.no_grad()
+def caption_causality(model, frames: torch.Tensor, latents: torch.Tensor, targets: dict) -> dict[str, Any]:
+    """Whether a caption token's prediction sees the tokens after it, or another clip's caption.
+
+    The caption's input token at position ``j`` (the middle of the shortest caption) of clip 0 is replaced:
+    the logits of clip 0's positions ≤ j (which predict tokens ≤ j) must not move (``before``), those after
+    it must (``after``), and no other clip's logits may move (``other_clips``), in both passes.
+    """
+    ids = targets["caption_ids"]                                                 # (B, L)
+    length = int((ids != -100).sum(1).min())
+    j = max(0, length // 2 - 1)
+    changed = ids.clone()
+    vocab = model.lm_logits(torch.zeros(1, model.llm.config.hidden_size, device=ids.device)).shape[-1]
+    changed[0, j] = (ids[0, j] + 1) % vocab
+    base = model(frames, latents, targets)
+    probed = model(frames, latents, {**targets, "caption_ids": changed})
+    report: dict[str, Any] = {"position": j, "caption_tokens": length}
+    for mode in ("coarse", "fine"):
+        a, b = base.terms["caption"][mode].detail["logits"], probed.terms["caption"][mode].detail["logits"]
+        diff = (a.float() - b.float()).abs().amax(dim=-1)                       # (B, L)
+        report[f"{mode}_before"] = diff[0, :j + 1].max().item()
+        report[f"{mode}_after"] = diff[0, j + 1:length].max().item() if j + 1 < length else 0.0
+        report[f"{mode}_other_clips"] = diff[1:].max().item() if len(diff) > 1 else 0.0
+        report[f"{mode}_scale"] = a.float().abs().max().item()
+    return report

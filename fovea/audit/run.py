@@ -31,6 +31,7 @@ from fovea.core.errors import FoveaError
 from fovea.core.rundir import RunDir, checkpoint_step
 
 PROBE_CLIPS = 2
+PROBE_CAPTION = "a stand-in caption for the wiring probes"
 METRIC_KEYS = ("step", "loss_fine", "loss_coarse")
 
 
@@ -56,6 +57,7 @@ class Evidence:
     latents: torch.Tensor             # (B, T, C, h, w) float32
     batch_origin: str                 # which clips the probes read
     batch_is_real: bool = True
+    targets: dict[str, torch.Tensor] | None = None   # what the objectives read for the probe batch (captions' tokens)
     evaluation: dict[str, Any] | None = None   # eval.json of the newest checkpoint (held-out figures)
     evaluation_origin: str = ""                # where it came from, or why there is none
 
@@ -106,13 +108,18 @@ def load_evidence(run_dir: str | Path, spec_path: str | Path | None = None) -> E
     model = copy.deepcopy(initial)
     extra = load_weights(model, checkpoint)
     vae, vae_origin, vae_change = load_run_vae(run, config, data_report)
-    frames, batch_origin, batch_is_real = read_probe_batch(config)
+    frames, batch_origin, batch_is_real, captions = read_probe_batch(config)
     latents = compute_latents(vae, frames, config)
+    if model.codec is not None and any(c is None for c in captions):   # wiring holds for any text: say which
+        captions = [c if c is not None else PROBE_CAPTION for c in captions]
+        batch_origin += f"; clips without a caption read the stand-in caption {PROBE_CAPTION!r}"
+    targets = model.prepare({"captions": captions})
     evaluation, evaluation_origin = read_evaluation(run)
     return Evidence(run=run, spec=spec, config=config, metrics=metrics, summary=summary, env=env,
                     data_report=data_report, profile=profile, initial=initial, model=model,
                     checkpoint_extra=extra, vae=vae, vae_origin=vae_origin, vae_change=vae_change,
                     frames=frames, latents=latents, batch_origin=batch_origin, batch_is_real=batch_is_real,
+                    targets=targets,
                     evaluation=evaluation, evaluation_origin=evaluation_origin)
 
 
@@ -202,14 +209,14 @@ def _vae_init(config: FoveaConfig) -> str:
 # --------------------------------------------------------------------------- the probe batch
 
 
-def read_probe_batch(config: FoveaConfig, num_clips: int = PROBE_CLIPS) -> tuple[torch.Tensor, str, bool]:
-    """The first readable clips of the run's data source (uint8 (B, T, 3, S, S)), a description, and
-    whether they are real. When the source cannot be read here (files moved, a plugin missing), the
+def read_probe_batch(config: FoveaConfig, num_clips: int = PROBE_CLIPS) -> tuple[torch.Tensor, str, bool, list]:
+    """The first readable clips of the run's data source (uint8 (B, T, 3, S, S)), a description,
+    whether they are real, and their captions (None where a clip has none). When the source cannot be read here (files moved, a plugin missing), the
     probes still run on seeded noise frames and the report says so."""
     from fovea.core.data import SkipClip, build_source
 
     T, S = config.data.num_frames, config.data.frame_size
-    clips, indices, problem = [], [], ""
+    clips, indices, captions, problem = [], [], [], ""
     try:
         source = build_source(config)
         for index in range(len(source)):
@@ -225,15 +232,18 @@ def read_probe_batch(config: FoveaConfig, num_clips: int = PROBE_CLIPS) -> tuple
                 break
             clips.append(frames)
             indices.append(index)
+            captions.append(getattr(item, "caption", None))
     except (FoveaError, OSError, ValueError, RuntimeError, IndexError) as exc:
         problem = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if len(clips) == num_clips and not problem:
         listed = ", ".join(str(i) for i in indices)
-        return torch.stack(clips), f"{num_clips} clips of the `{config.data.name}` source (clips {listed})", True
+        return (torch.stack(clips), f"{num_clips} clips of the `{config.data.name}` source (clips {listed})", True,
+                captions)
     generator = torch.Generator().manual_seed(config.run.seed)
     noise = torch.randint(0, 256, (num_clips, T, 3, S, S), dtype=torch.uint8, generator=generator)
     reason = problem or f"the source has fewer than {num_clips} readable clips"
-    return noise, f"{num_clips} clips of seeded noise frames: the `{config.data.name}` source could not be read ({reason})", False
+    return (noise, f"{num_clips} clips of seeded noise frames: the `{config.data.name}` source could not be read "
+            f"({reason})", False, [None] * num_clips)
 
 
 def compute_latents(vae, frames: torch.Tensor, config: FoveaConfig) -> torch.Tensor:

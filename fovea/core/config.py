@@ -118,7 +118,23 @@ class VAEConfig(Section):
         return self
 
 
+class ObjectiveTable(PluginTable):
+    """``[objectives.NAME]``: one training objective (a registered objective), its weight and its options."""
+
+    weight: float = Field(1.0, ge=0.0)
+    """Weight of this objective's ``loss_fine + lambda_coarse * loss_coarse`` in the trained loss."""
+    _name: str = PrivateAttr(default="")
+
+    @property
+    def name(self) -> str:
+        """The objective's registered name: the table's key under ``[objectives]``."""
+        return self._name
+
+
 class ModelConfig(Section):
+    prompt: str = ""
+    """Text the LLM reads before the mode token in both passes (SPEC's ``text?``), e.g. a question that
+    conditions the queries; empty: none. Tokenized by the LLM's tokenizer (a byte-level one for a random LLM)."""
     encoder: EncoderTable = EncoderTable()
     """``[model.encoder]``: the vision encoder and its options."""
     llm: LLMConfig = LLMConfig()
@@ -206,12 +222,26 @@ class FoveaConfig(Section):
     """``[distributed]``: how processes started by torchrun share the work (ignored in a single process)."""
     eval: EvalConfig = EvalConfig()
     """``[eval]``: the held-out clips and how often they are evaluated during training."""
+    objectives: dict[str, ObjectiveTable] = Field(default_factory=lambda: {"next_latent": ObjectiveTable()})
+    """``[objectives.NAME]``: what the model is trained to predict, each with a ``weight``: ``next_latent``
+    (SPEC phase 1, the default), ``caption``, or a plugin's. A config with an ``[objectives]`` table trains
+    exactly the objectives it lists."""
+
+    @model_validator(mode="after")
+    def _name_objectives(self):
+        if not self.objectives:
+            raise ValueError("[objectives] lists no objective; add e.g. [objectives.next_latent]")
+        for name, table in self.objectives.items():
+            table._name = name
+        return self
 
     def plugin_tables(self) -> Iterator[tuple[str, str, PluginTable]]:
         """``(dotted path, part kind, table)`` for every table that names a plugin part."""
         yield "data", "loader", self.data
         yield "model.encoder", "encoder", self.model.encoder
         yield "model.head", "head", self.model.head
+        for name, table in self.objectives.items():
+            yield f"objectives.{name}", "objective", table
 
     @property
     def effective_batch_size(self) -> int:

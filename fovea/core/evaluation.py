@@ -1,20 +1,24 @@
 """Held-out evaluation: did the model learn, and did foveation help?
 
 Every figure comes from clips the run never trained on (``fovea.core.split``), per clip, so that it has
-a 95 % bootstrap interval over clips, and stands next to the trivial baselines it must beat:
+a 95 % bootstrap interval over clips, and stands next to the trivial baselines it must beat. Each
+objective the run trains is evaluated on its own:
 
 - modes: ``coarse`` (pass 1 alone: the static query), ``fine`` (the two-pass model as trained) and
   ``autoregressive`` (one pass, frame t read with the query the model made after frame t-1 in that same
   pass, as a deployed model runs: ``FoveatedVLM.autoregressive``);
-- baselines: ``mean_latent`` (the training clips' mean latent for every frame) and ``copy_previous``
-  (frame t-1's latent; the mean for frame 1);
+- baselines, from the objective (its optional ``baselines``), fitted on the first ``eval.baseline_clips``
+  training clips: ``next_latent``'s ``mean_latent`` (the mean latent for every frame) and
+  ``copy_previous`` (frame t-1's latent; the mean for frame 1); ``caption``'s ``unigram`` and ``bigram``
+  (token models of the training captions: they never see the frames);
 - ``skill = 1 - loss_fine / best baseline``; ``improvement = (coarse - fine) / coarse`` (SPEC.md's
   metric); ``autoregressive_gap = (autoregressive - fine) / fine`` (the train/inference gap).
 
-Losses are the MSE per clip (mean over frames and latent elements), as the training loss.
-``fovea eval`` (``evaluate_run``) writes ``eval.json``; training logs ``Evaluator`` rows with
-``"split": "val"`` in ``metrics.jsonl`` every ``eval.every`` steps.
-"""
+Losses are per clip as the training loss: ``next_latent``'s MSE (mean over frames and latent elements),
+``caption``'s cross-entropy (mean over the caption's tokens). ``fovea eval`` (``evaluate_run``) writes
+``eval.json`` (every objective under ``objectives``; the primary one, ``next_latent`` when trained, also
+at the top level); training logs ``Evaluator`` rows with ``"split": "val"`` in ``metrics.jsonl`` every
+``eval.every`` steps."""
 
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -30,9 +34,11 @@ from fovea.core.errors import FoveaError
 from fovea.core.split import ClipSet
 
 MODES = ("coarse", "fine", "autoregressive")
-BASELINES = ("mean_latent", "copy_previous")
+BASELINES = ("mean_latent", "copy_previous")   # next_latent's; caption's are unigram and bigram
 BOOTSTRAP_SAMPLES = 2000
 BOOTSTRAP_SEED = 0
+
+Baseline = Callable[[torch.Tensor, dict], torch.Tensor]   # (latents (B, T, C, h, w), targets) -> losses (B, K)
 
 
 # --------------------------------------------------------------------------- losses per clip
@@ -63,11 +69,24 @@ def baseline_predictions(latents: torch.Tensor, mean: torch.Tensor) -> dict[str,
             "copy_previous": torch.cat([mean[:, :1], latents[:, :-1]], dim=1)}
 
 
+def fit_baselines(model: torch.nn.Module, train: ClipSet, batch_size: int) -> dict[str, dict[str, Baseline]]:
+    """Each objective's trivial baselines fitted on ``train`` (the first training clips), by objective:
+    the objective's optional ``baselines(train, batch_size, codec)``; none for an objective without it."""
+    return {name: (objective.baselines(train, batch_size, model.codec) if hasattr(objective, "baselines") else {})
+            for name, (objective, _) in model.objectives.items()}
+
+
+def _positions(term) -> torch.Tensor:
+    """A term's losses per clip and position (B, K): per frame when it has them, else (B, 1)."""
+    return term.detail.get("per_frame", term.per_clip[:, None]).float()
+
+
 @torch.no_grad()
-def clip_losses(model: torch.nn.Module, clips: ClipSet, mean: torch.Tensor, modes: Iterable[str] = MODES,
-                batch_size: int = 16, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                progress: bool = False) -> dict[str, torch.Tensor]:
-    """Per-frame losses (N, T) of every mode and baseline on ``clips``; ``model`` is left in eval mode.
+def clip_losses(model: torch.nn.Module, clips: ClipSet, baselines: dict[str, dict[str, Baseline]],
+                modes: Iterable[str] = MODES, batch_size: int = 16, device: torch.device | str = "cpu",
+                dtype: torch.dtype = torch.float32, progress: bool = False) -> dict[str, dict[str, torch.Tensor]]:
+    """Per objective, the losses (N, K) of every mode and baseline on ``clips`` (K: frames for ``next_latent``,
+    1 for a per-clip loss); ``model`` is left in eval mode.
 
     No gradients, no random numbers drawn from the global generators (they are forked), so an
     evaluation in the middle of training changes nothing the training does next.
@@ -76,7 +95,8 @@ def clip_losses(model: torch.nn.Module, clips: ClipSet, mean: torch.Tensor, mode
 
     device = torch.device(device)
     modes = list(modes)
-    losses: dict[str, list[torch.Tensor]] = {name: [] for name in modes + list(BASELINES)}
+    losses: dict[str, dict[str, list[torch.Tensor]]] = {
+        name: {key: [] for key in modes + list(baselines.get(name, {}))} for name in model.objectives}
     model.eval()
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
     devices = [device] if device.type == "cuda" else []
@@ -85,17 +105,21 @@ def clip_losses(model: torch.nn.Module, clips: ClipSet, mean: torch.Tensor, mode
         for batch in clips.batches(batch_size):
             frames = batch["frames"].to(device)                                 # (B, T, 3, S, S) uint8
             latents = batch["latents"].to(device).float()                       # (B, T, C, h, w)
+            targets = {k: v.to(device) for k, v in model.prepare(batch).items()}
             if "coarse" in modes or "fine" in modes:
-                out = model(frames, latents)
-                for mode, pred in (("coarse", out.pred_coarse), ("fine", out.pred_fine)):
-                    if mode in modes:
-                        losses[mode].append(per_frame_mse(pred, latents).cpu())
+                out = model(frames, latents, targets)
+                for name, terms in out.terms.items():
+                    for mode in ("coarse", "fine"):
+                        if mode in modes:
+                            losses[name][mode].append(_positions(terms[mode]).cpu())
             if "autoregressive" in modes:
-                losses["autoregressive"].append(per_frame_mse(model.autoregressive(frames, latents), latents).cpu())
-            for name, pred in baseline_predictions(latents, mean).items():
-                losses[name].append(per_frame_mse(pred, latents).cpu())
+                for name, term in model.autoregressive(frames, latents, targets).items():
+                    losses[name]["autoregressive"].append(_positions(term).cpu())
+            for name, fitted in baselines.items():
+                for key, baseline in fitted.items():
+                    losses[name][key].append(baseline(latents, targets).float().cpu())
             bar.update(len(frames))
-    return {name: torch.cat(values) for name, values in losses.items()}
+    return {name: {key: torch.cat(values) for key, values in table.items()} for name, table in losses.items()}
 
 
 # --------------------------------------------------------------------------- statistics
@@ -127,10 +151,15 @@ def relative_change(reference: torch.Tensor, other: torch.Tensor, draws: torch.T
 
 
 def summarize(losses: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """``eval.json``'s figures from per-frame losses (N, T): means, intervals, skill, improvement, gap."""
+    """One objective's figures from its losses (N, K): means, intervals, skill, improvement, gap.
+
+    Keys that are neither a mode nor ``per_frame`` detail are baselines; ``skill`` is measured against the
+    best of them (None without baselines).
+    """
     per_clip = {name: values.mean(dim=1) for name, values in losses.items()}  # (N,) each
     num_clips = len(next(iter(per_clip.values())))
     draws = bootstrap_draws(num_clips)
+    baselines = [name for name in losses if name not in MODES]
 
     def entry(name: str) -> dict[str, Any]:
         return {"loss": float(per_clip[name].double().mean()), "ci95": mean_ci(per_clip[name], draws),
@@ -139,12 +168,12 @@ def summarize(losses: dict[str, torch.Tensor]) -> dict[str, Any]:
     result: dict[str, Any] = {
         "clips": num_clips,
         "modes": {name: entry(name) for name in MODES if name in losses},
-        "baselines": {name: entry(name) for name in BASELINES},
+        "baselines": {name: entry(name) for name in baselines},
         "bootstrap": {"samples": BOOTSTRAP_SAMPLES, "seed": BOOTSTRAP_SEED, "unit": "clip"},
     }
-    best = min(BASELINES, key=lambda name: result["baselines"][name]["loss"])
+    best = min(baselines, key=lambda name: result["baselines"][name]["loss"]) if baselines else None
     result["best_baseline"] = best
-    if "fine" in losses:   # skill of the fine pass against the best baseline, paired over clips
+    if "fine" in losses and best is not None:   # skill of the fine pass against the best baseline, paired over clips
         change = relative_change(per_clip[best], per_clip["fine"], draws)
         result["skill"], result["skill_ci95"] = change["value"], change["ci95"]
     else:
@@ -161,6 +190,19 @@ def summarize(losses: dict[str, torch.Tensor]) -> dict[str, Any]:
     return result
 
 
+def primary_objective(objectives: Iterable[str]) -> str:
+    """The objective whose figures ``eval.json`` also holds at its top level: ``next_latent`` if trained, else the first."""
+    names = list(objectives)
+    return "next_latent" if "next_latent" in names else names[0]
+
+
+def summarize_objectives(losses: dict[str, dict[str, torch.Tensor]]) -> dict[str, Any]:
+    """``eval.json``'s figures: every objective under ``objectives``, the primary one's also at the top level."""
+    per_objective = {name: summarize(table) for name, table in losses.items()}
+    primary = primary_objective(per_objective)
+    return {**per_objective[primary], "primary": primary, "objectives": per_objective}
+
+
 # --------------------------------------------------------------------------- during training
 
 
@@ -168,41 +210,59 @@ def summarize(losses: dict[str, torch.Tensor]) -> dict[str, Any]:
 class Evaluator:
     """The held-out evaluation run every ``eval.every`` steps: coarse and fine losses, baselines, skill.
 
-    Built once per run (the mean latent of the training clips is computed once); reads the cache
+    Built once per run (the baselines are fitted once on the first training clips); reads the cache
     directly, so the training loader's position never moves.
     """
 
     clips: ClipSet                  # the held-out clips evaluated (at most eval.max_clips)
-    mean: torch.Tensor              # (C, h, w) mean latent of the training clips
+    baselines: dict[str, dict[str, Baseline]]   # per objective, fitted on training clips
+    weights: dict[str, float]       # per objective: its weight in the trained loss
+    lambda_coarse: float
     batch_size: int
     device: torch.device
     dtype: torch.dtype
 
     @classmethod
-    def build(cls, split, config, device: torch.device, dtype: torch.dtype) -> "Evaluator | None":
+    def build(cls, split, config, device: torch.device, dtype: torch.dtype, model) -> "Evaluator | None":
         """``None`` when the run holds out no clips."""
         if not len(split.val):
             return None
         e = config.eval
-        mean = mean_latent(split.train.first(e.baseline_clips), e.batch_size)
-        return cls(split.val.spread(e.max_clips), mean, e.batch_size, device, dtype)
+        baselines = fit_baselines(model, split.train.first(e.baseline_clips), e.batch_size)
+        return cls(split.val.spread(e.max_clips), baselines, {n: t.weight for n, t in config.objectives.items()},
+                   config.model.lambda_coarse, e.batch_size, device, dtype)
 
     def __call__(self, model: torch.nn.Module, step: int) -> dict[str, Any]:
-        """One ``metrics.jsonl`` row (``"split": "val"``); ``model`` is put back in training mode."""
+        """One ``metrics.jsonl`` row (``"split": "val"``); ``model`` is put back in training mode.
+
+        ``loss_fine``/``loss_coarse`` are weighted over the objectives as the training rows' are;
+        ``<objective>_coarse``/``_fine``/``_best_baseline``/``_skill`` and ``baseline_<name>`` per objective; ``skill`` and
+        ``improvement`` of the primary objective (``next_latent`` when trained).
+        """
         started = time.perf_counter()
         try:
-            losses = clip_losses(model, self.clips, self.mean, ("coarse", "fine"), self.batch_size,
+            losses = clip_losses(model, self.clips, self.baselines, ("coarse", "fine"), self.batch_size,
                                  self.device, self.dtype)
         finally:
             model.train()
-        means = {name: float(values.double().mean()) for name, values in losses.items()}
-        best = min(means[name] for name in BASELINES)
-        fine, coarse = means["fine"], means["coarse"]
-        return {"step": step, "split": "val", "clips": len(self.clips), "loss_fine": fine, "loss_coarse": coarse,
-                "ratio": coarse / fine if fine > 0 else None,
-                "improvement": (coarse - fine) / coarse if coarse > 0 else None,
-                "baseline_mean_latent": means["mean_latent"], "baseline_copy_previous": means["copy_previous"],
-                "skill": 1 - fine / best if best > 0 else None, "eval_s": time.perf_counter() - started}
+        row: dict[str, Any] = {"step": step, "split": "val", "clips": len(self.clips)}
+        per_objective: dict[str, dict[str, Any]] = {}
+        for name, table in losses.items():
+            means = {key: float(values.mean(dim=1).double().mean()) for key, values in table.items()}
+            best = min((means[k] for k in self.baselines[name]), default=None)
+            per_objective[name] = {"coarse": means["coarse"], "fine": means["fine"], "best_baseline": best,
+                                   "skill": 1 - means["fine"] / best if best else None}
+            row.update({f"baseline_{k}": means[k] for k in self.baselines[name]})
+        fine = sum(self.weights[n] * v["fine"] for n, v in per_objective.items())
+        coarse = sum(self.weights[n] * v["coarse"] for n, v in per_objective.items())
+        primary = per_objective[primary_objective(per_objective)]
+        row.update({"loss_fine": fine, "loss_coarse": coarse, "ratio": coarse / fine if fine > 0 else None,
+                    "improvement": (primary["coarse"] - primary["fine"]) / primary["coarse"]
+                    if primary["coarse"] > 0 else None, "skill": primary["skill"]})
+        for name, values in per_objective.items():
+            row.update({f"{name}_{key}": value for key, value in values.items()})
+        row["eval_s"] = time.perf_counter() - started
+        return row
 
 
 def format_number(value: float | None, digits: int = 5) -> str:
@@ -214,19 +274,63 @@ def format_number(value: float | None, digits: int = 5) -> str:
 # --------------------------------------------------------------------------- `fovea eval RUN_DIR`
 
 
+@dataclass
+class TrainedRun:
+    """A finished (or checkpointed) run opened for reading: its config, a checkpoint's model, its split."""
+
+    run: Any                        # fovea.core.rundir.RunDir
+    config: Any                     # FoveaConfig
+    checkpoint: Any                 # Path of the checkpoint directory
+    split: Any                      # fovea.core.split.Split, checked against split.json
+    model: torch.nn.Module          # on ``device``, in eval mode
+    device: torch.device
+    dtype: torch.dtype              # autocast dtype for inference (float32 on CPU)
+
+    @classmethod
+    def open(cls, run_dir, step: int | None = None, device: str | None = None, progress: bool = True) -> "TrainedRun":
+        """The run at ``run_dir`` with the weights of its newest checkpoint (or of optimizer step ``step``)."""
+        import fovea
+        from fovea.core.cache import build_cache
+        from fovea.core.checkpoint import load_weights
+        from fovea.core.devices import DTYPES, resolve_device
+        from fovea.core.rundir import RunDir
+        from fovea.core.split import build_split, check_recorded
+
+        run = RunDir.open(run_dir)
+        config = fovea.load_config(run.config_file)
+        checkpoint = run.checkpoint_at(step) if step is not None else run.latest_checkpoint
+        recorded = run.read_json(run.split_file)
+        if recorded is None:
+            raise FoveaError(f"{run.path} recorded no held-out split (no split.json: the run predates [eval]); its "
+                             f"clips were all trained on. Train a new run to evaluate on held-out clips")
+        target = resolve_device(device or config.run.device)
+        cache = build_cache(config, target, progress=progress)       # opened; rebuilt only if it was deleted
+        data = build_split(config, cache, target, progress=progress)
+        check_recorded(data, recorded, str(run.split_file))
+        model = fovea.build_model(config)
+        load_weights(model, RunDir.weights_file(checkpoint))
+        dtype = DTYPES[config.precision.dtype] if target.type == "cuda" else torch.float32
+        return cls(run, config, checkpoint, data, model.to(target).eval(), target, dtype)
+
+    def clips(self, split: str, count: int | None) -> ClipSet:
+        """At most ``count`` clips of the ``val`` or ``train`` split, evenly spread (default: every held-out
+        clip; for the training split, as many as are held out, at least 64)."""
+        if split not in ("val", "train"):
+            raise FoveaError(f"--split {split!r}: choose val (the held-out clips) or train")
+        chosen = self.split.val if split == "val" else self.split.train
+        if not len(chosen):
+            raise FoveaError(f"{self.run.path} holds out no clips ([eval] val_fraction = 0); use --split train, "
+                             f"or train a run with held-out clips")
+        return chosen.spread(count or (len(chosen) if split == "val" else max(64, len(self.split.val))))
+
+
 def evaluate_run(run_dir, split: str = "val", clips: int | None = None, step: int | None = None,
                  modes: Iterable[str] = MODES, device: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Evaluate a run's checkpoint (newest, or of optimizer step ``step``) on its held-out clips (or on
     training clips, ``split="train"``); writes ``eval.json`` (``eval-train.json``) and ``eval.md`` and
-    returns the figures. ``clips``: at most this many, evenly spread (default: every held-out clip; for
-    the training split, as many as are held out, at least 64).
+    returns the figures. ``clips``: at most this many, evenly spread (``TrainedRun.clips``).
     """
-    import fovea
-    from fovea.core.cache import build_cache
-    from fovea.core.checkpoint import load_weights
-    from fovea.core.rundir import RunDir, checkpoint_step
-    from fovea.core.split import build_split, check_recorded
-    from fovea.core.devices import DTYPES, resolve_device
+    from fovea.core.rundir import checkpoint_step
 
     started = time.perf_counter()
     modes = list(modes)
@@ -237,54 +341,40 @@ def evaluate_run(run_dir, split: str = "val", clips: int | None = None, step: in
     modes = [m for m in MODES if m in modes]
     if split not in ("val", "train"):
         raise FoveaError(f"--split {split!r}: choose val (the held-out clips) or train")
-    run = RunDir.open(run_dir)
-    config = fovea.load_config(run.config_file)
-    checkpoint = run.checkpoint_at(step) if step is not None else run.latest_checkpoint
-    recorded = run.read_json(run.split_file)
-    if recorded is None:
-        raise FoveaError(f"{run.path} recorded no held-out split (no split.json: the run predates [eval]); its "
-                         f"clips were all trained on. Train a new run to evaluate on held-out clips")
-    target = resolve_device(device or config.run.device)
-    cache = build_cache(config, target, progress=progress)       # opened; rebuilt only if it was deleted
-    data = build_split(config, cache, target, progress=progress)
-    check_recorded(data, recorded, str(run.split_file))
-    chosen = data.val if split == "val" else data.train
-    if not len(chosen):
-        raise FoveaError(f"{run.path} holds out no clips ([eval] val_fraction = 0); evaluate with --split train, "
-                         f"or train a run with held-out clips")
-    count = clips or (len(chosen) if split == "val" else max(64, len(data.val)))
-    chosen = chosen.spread(count)
-
-    model = fovea.build_model(config)
-    load_weights(model, RunDir.weights_file(checkpoint))
-    model.to(target)
-    dtype = DTYPES[config.precision.dtype] if target.type == "cuda" else torch.float32
-    mean = mean_latent(data.train.first(config.eval.baseline_clips), config.eval.batch_size)
-    losses = clip_losses(model, chosen, mean, modes, config.eval.batch_size, target, dtype, progress)
-    result = {"split": split, "step": checkpoint_step(checkpoint), "checkpoint": str(checkpoint),
-              **summarize(losses), "device": str(target), "dtype": str(dtype).replace("torch.", ""),
-              "elapsed_s": time.perf_counter() - started}
+    opened = TrainedRun.open(run_dir, step, device, progress)
+    config, model, run = opened.config, opened.model, opened.run
+    chosen = opened.clips(split, clips)
+    baselines = fit_baselines(model, opened.split.train.first(config.eval.baseline_clips), config.eval.batch_size)
+    losses = clip_losses(model, chosen, baselines, modes, config.eval.batch_size, opened.device, opened.dtype,
+                         progress)
+    result = {"split": split, "step": checkpoint_step(opened.checkpoint), "checkpoint": str(opened.checkpoint),
+              **summarize_objectives(losses), "device": str(opened.device),
+              "dtype": str(opened.dtype).replace("torch.", ""), "elapsed_s": time.perf_counter() - started}
     run.write_json(run.eval_file(split).name, result)
     run.write_text(run.eval_file(split).with_suffix(".md").name, render_markdown(result, run.path.name))
     return result
 
 
+NOTES = {"coarse": "pass 1 alone (static query)", "fine": "two passes, as trained",
+         "autoregressive": "one pass, its own queries (deployed)",
+         "mean_latent": "baseline: training mean latent", "copy_previous": "baseline: previous frame's latent",
+         "unigram": "baseline: token frequencies of training captions",
+         "bigram": "baseline: next token given the previous one (training captions)"}
+
+
 def rows(result: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    """``(name, loss, 95 % interval, what it is)`` for every mode and baseline of an eval result."""
-    notes = {"coarse": "pass 1 alone (static query)", "fine": "two passes, as trained",
-             "autoregressive": "one pass, its own queries (deployed)",
-             "mean_latent": "baseline: training mean latent", "copy_previous": "baseline: previous frame's latent"}
+    """``(name, loss, 95 % interval, what it is)`` for every mode and baseline of one objective's result."""
     out = []
     for group in ("modes", "baselines"):
         for name, entry in result[group].items():
             low, high = entry["ci95"]
             out.append((name, format_number(entry["loss"]), f"[{format_number(low)}, {format_number(high)}]",
-                        notes[name]))
+                        NOTES.get(name, "")))
     return out
 
 
 def headline(result: dict[str, Any]) -> list[str]:
-    """Skill, improvement and the autoregressive gap, one line each, with their intervals."""
+    """Skill, improvement and the autoregressive gap of one objective, one line each, with their intervals."""
     def pct(entry: dict[str, Any] | None, key: str = "value") -> str:
         if entry is None:
             return "—"
@@ -301,19 +391,31 @@ def headline(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+UNITS = {"next_latent": "MSE per clip", "caption": "cross-entropy per caption token (nats), mean per clip"}
+
+
+def objective_results(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each objective's figures of an eval result (a result from before objectives: its top level, ``next_latent``)."""
+    return result.get("objectives") or {"next_latent": result}
+
+
 def render_markdown(result: dict[str, Any], title: str) -> str:
-    """``eval.md``: the table, the headline figures and the per-frame losses."""
-    T = len(next(iter(result["modes"].values()))["per_frame"])
+    """``eval.md``: per objective, the table, the headline figures and (per frame) the losses by position."""
     lines = [f"# Held-out evaluation of {title}" if result["split"] == "val" else f"# Evaluation of {title} "
              f"on training clips", "",
              f"Checkpoint of step {result['step']}, {result['clips']} clips of the `{result['split']}` split; "
-             f"MSE per clip, mean over clips with a 95 % bootstrap interval over clips "
-             f"({result['bootstrap']['samples']} resamples).", "",
-             "| | loss | 95 % interval | |", "|---|---|---|---|"]
-    lines += [f"| {name} | {loss} | {ci} | {note} |" for name, loss, ci, note in rows(result)]
-    lines += ["", *[f"- {line}" for line in headline(result)], "", "## Per frame position", "",
-              "| | " + " | ".join(f"t={t + 1}" for t in range(T)) + " |", "|---|" + "---|" * T]
-    for group in ("modes", "baselines"):
-        for name, entry in result[group].items():
-            lines.append(f"| {name} | " + " | ".join(format_number(v, 4) for v in entry["per_frame"]) + " |")
+             f"mean over clips with a 95 % bootstrap interval over clips "
+             f"({result['bootstrap']['samples']} resamples)."]
+    for name, figures in objective_results(result).items():
+        lines += ["", f"## Objective `{name}` ({UNITS.get(name, 'loss per clip')})", "",
+                  "| | loss | 95 % interval | |", "|---|---|---|---|"]
+        lines += [f"| {row} | {loss} | {ci} | {note} |" for row, loss, ci, note in rows(figures)]
+        lines += ["", *[f"- {line}" for line in headline(figures)]]
+        T = len(next(iter(figures["modes"].values()))["per_frame"])
+        if T > 1:
+            lines += ["", "### Per frame position", "",
+                      "| | " + " | ".join(f"t={t + 1}" for t in range(T)) + " |", "|---|" + "---|" * T]
+            for group in ("modes", "baselines"):
+                for key, entry in figures[group].items():
+                    lines.append(f"| {key} | " + " | ".join(format_number(v, 4) for v in entry["per_frame"]) + " |")
     return "\n".join(lines) + "\n"

@@ -11,6 +11,11 @@ Parts and their contracts (README, "Writing a plugin"):
   cache, return_attention=False) -> (N, dim)`` or ``((N, dim), attention (N, num_tokens))``.
 - **head**: ``nn.Module`` with a nested ``Config``, built as ``cls(config, hidden_size=...,
   latent_channels=...)``; ``forward(hidden (N, hidden_size), prev_latent (N, C, h, w)) -> (N, C, h, w)``.
+- **objective**: what the model is trained to predict, with a nested ``Config``, built as
+  ``cls(config, model_config=...)``; the contract is ``fovea.core.objectives.Objective`` (a
+  ``typing.Protocol``, checked when the part registers): ``prepare(batch)`` -> the tensors it reads,
+  ``suffix(model, targets)`` -> embeddings the LLM reads after the frames (or None), ``loss(model,
+  states, latents, targets)`` -> a ``Term`` (per-clip losses) for one pass.
 - **loader**: a clip source with a nested ``Config``, built as ``cls(config, num_frames=...,
   frame_size=..., seed=...)``; ``len(source)`` clips, ``source[i]`` -> uint8 frames ``(T, 3, S, S)``.
 """
@@ -53,4 +58,13 @@ def fovea_register_loaders(register: Register) -> None:
 
     A source is a map-style collection of clips, each ``num_frames`` uint8 frames of
     ``frame_size`` pixels; fovea computes the VAE targets once and batches them.
+    """
+
+
+@hookspec
+def fovea_register_objectives(register: Register) -> None:
+    """Register training objectives: ``register("name", ObjectiveClass)``.
+
+    An objective turns one pass's LLM hidden states into a loss per clip; it is evaluated on both passes
+    (``<name>_coarse`` from pass 1, ``<name>_fine`` from pass 2) and weighted by ``[objectives.<name>] weight``.
     """

@@ -35,3 +35,12 @@ def build_llm(config: LLMConfig):
     # read: keep it out of the optimizer rather than carry parameters that can never get a gradient.
     llm.get_input_embeddings().requires_grad_(False)
     return llm
+
+
+def load_tokenizer(config: LLMConfig):
+    """The pretrained LLM's tokenizer (transformers ``AutoTokenizer``); None for a random-initialised LLM."""
+    from transformers import AutoTokenizer
+
+    if not config.pretrained:
+        return None
+    return load_pretrained(AutoTokenizer.from_pretrained, config.pretrained, "tokenizer", "model.llm.pretrained")

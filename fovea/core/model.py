@@ -4,17 +4,23 @@ Pass 1 (planning): every frame is read with the learned static query; the LLM tu
 into one query per frame and a coarse prediction. Pass 2 (focused): frame t is read with the query
 produced after frame t-1; the LLM makes the fine prediction. Both passes see only frames < t when
 predicting frame t, and each frame is encoded once per step: only the cheap ``attend`` runs twice.
+What each pass is scored on is up to the objectives (``fovea.core.objectives``): the next frame's
+latent (SPEC phase 1, the default), a caption read after the frames, or a plugin's.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fovea.core.config import FoveaConfig
+from fovea.core.errors import FoveaError
+from fovea.core.objectives import Objective, PassStates, Term
+from fovea.core.text import TextCodec
 
 
 @dataclass
@@ -22,20 +28,39 @@ class FoveatedOutput:
     """What one forward pass returns. Shapes: B clips, T frames, D encoder dim, (C, h, w) latent."""
 
     loss: torch.Tensor           # loss_fine + lambda_coarse * loss_coarse
-    loss_fine: torch.Tensor      # pass-2 MSE
-    loss_coarse: torch.Tensor    # pass-1 MSE
-    pred_fine: torch.Tensor      # (B, T, C, h, w): pass-2 prediction of frame t from frames < t
-    pred_coarse: torch.Tensor    # (B, T, C, h, w): pass-1 prediction
+    loss_fine: torch.Tensor      # pass 2: sum over objectives of weight x mean loss
+    loss_coarse: torch.Tensor    # pass 1: the same
+    terms: dict[str, dict[str, Term]]   # objective -> {"coarse": pass-1 Term, "fine": pass-2 Term}
     queries: torch.Tensor        # (B, T, D): pass-1 queries q_1..q_T
     attention_static: torch.Tensor | None = None   # (B, T, K) pass-1 attention over tokens
     attention_dynamic: torch.Tensor | None = None  # (B, T, K) pass-2 attention over tokens
 
+    def _pred(self, mode: str) -> torch.Tensor | None:
+        term = self.terms.get("next_latent", {}).get(mode)
+        return None if term is None else term.detail["pred"]
+
+    @property
+    def pred_fine(self) -> torch.Tensor | None:
+        """(B, T, C, h, w): pass-2 prediction of frame t from frames < t (None without ``next_latent``)."""
+        return self._pred("fine")
+
+    @property
+    def pred_coarse(self) -> torch.Tensor | None:
+        """(B, T, C, h, w): pass-1 prediction (None without ``next_latent``)."""
+        return self._pred("coarse")
+
 
 class FoveatedVLM(nn.Module):
-    """Encoder + LLM + prediction head, wired in two passes; parameter names follow SPEC.md."""
+    """Encoder + LLM + prediction head, wired in two passes; parameter names follow SPEC.md.
+
+    ``objectives`` ({name: (objective, weight)}, default ``next_latent`` alone) score both passes;
+    ``codec`` tokenizes text (the prompt ``prompt`` and captions) when an objective or the prompt uses it.
+    """
 
     def __init__(self, encoder: nn.Module, llm: nn.Module, head: nn.Module, *,
-                 latent_shape: tuple[int, int, int], lambda_coarse: float = 1.0):
+                 latent_shape: tuple[int, int, int], lambda_coarse: float = 1.0,
+                 objectives: dict[str, tuple[Objective, float]] | None = None, codec: TextCodec | None = None,
+                 prompt: str = ""):
         super().__init__()
         self.encoder = encoder  # holds query_input_proj / query_output_proj
         self.llm = llm
@@ -50,22 +75,75 @@ class FoveatedVLM(nn.Module):
         std = getattr(llm.config, "initializer_range", 0.02)
         self.coarse_token = nn.Parameter(torch.randn(1, 1, hidden) * std)
         self.fine_token = nn.Parameter(torch.randn(1, 1, hidden) * std)
+        if objectives is None:   # SPEC phase 1
+            from fovea.core.plugins import get_part
 
-    def _read_sequence(self, mode_token: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """LLM over ``[mode_token, z_1 .. z_T]`` -> hidden states (B, T + 1, H), causal."""
+            cls = get_part("objective", "next_latent").cls
+            objectives = {"next_latent": (cls(cls.Config()), 1.0)}
+        self.objectives = objectives
+        self.codec = codec
+        if prompt and codec is None:
+            raise FoveaError("a prompt needs a tokenizer (codec)")
+        # not persistent: the prompt is in the run's config, and checkpoints keep the same names with or without it
+        self.register_buffer("prompt_ids", codec.prompt_ids(prompt) if prompt else torch.zeros(0, dtype=torch.long),
+                             persistent=False)                                  # (P,)
+
+    # ------------------------------------------------------------------ text
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids (...) -> the LLM's input embeddings (..., H)."""
+        return self.llm.get_input_embeddings()(ids)
+
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Hidden states (..., H) -> next-token logits (..., V) through the tied LM head (the embedding matrix)."""
+        return F.linear(hidden, self.llm.get_input_embeddings().weight.to(hidden.dtype))
+
+    def prepare(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The tensors the objectives read from a loader batch (CPU), e.g. caption token ids."""
+        targets: dict[str, torch.Tensor] = {}
+        for objective, _ in self.objectives.values():
+            targets.update(objective.prepare(batch, self.codec))
+        return targets
+
+    def _suffix(self, targets: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """(B, L, H): what the objectives append after the frames (at most one of them appends)."""
+        parts = [s for s in (o.suffix(self, targets) for o, _ in self.objectives.values()) if s is not None]
+        return parts[0] if parts else None
+
+    # ------------------------------------------------------------------ the two passes
+
+    def _read_sequence(self, mode_token: torch.Tensor, features: torch.Tensor,
+                       suffix: torch.Tensor | None = None) -> torch.Tensor:
+        """LLM over ``[prompt, mode_token, z_1 .. z_T, suffix]`` -> hidden states (B, P + 1 + T + L, H), causal."""
         tokens = self.dino_to_llm(features)                                    # (B, T, H)
-        inputs = torch.cat([mode_token.expand(len(tokens), -1, -1).to(tokens.dtype), tokens], dim=1)
-        return self.llm(inputs_embeds=inputs).last_hidden_state                 # (B, T + 1, H)
+        B, dtype = len(tokens), tokens.dtype
+        parts = [self.embed_tokens(self.prompt_ids).expand(B, -1, -1), mode_token.expand(B, -1, -1), tokens]
+        if suffix is not None:
+            parts.append(suffix)
+        inputs = torch.cat([part.to(dtype) for part in parts], dim=1)          # (B, P + 1 + T + L, H)
+        return self.llm(inputs_embeds=inputs).last_hidden_state
 
-    def _predict(self, hidden: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+    def predict_latents(self, hidden: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
         """Hidden states at ``[mode, z_1 .. z_{T-1}]`` (B, T, H), latents of frames t-1 -> latents of t."""
         B, T = hidden.shape[:2]
         pred = self.head(hidden.flatten(0, 1), prev.flatten(0, 1).to(hidden.dtype))  # (B*T, C, h, w)
         return pred.view(B, T, *pred.shape[1:])
 
-    def forward(self, frames: torch.Tensor, latents: torch.Tensor, return_attention: bool = False) -> FoveatedOutput:
-        """Frames uint8 (B, T, 3, S, S) and their VAE latents (B, T, C, h, w) -> losses and predictions."""
+    def shift_queries(self, queries: torch.Tensor) -> torch.Tensor:
+        """Pass-1 queries (B, T, D) -> pass 2's reads ``[q_init, q_1 .. q_{T-1}]``: frame t read with the query made after t-1."""
+        return torch.cat([self.q_init.expand(len(queries), 1, -1).to(queries.dtype), queries[:, :-1]], dim=1)
+
+    def previous_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """``[z_vae_init, z_vae_1 .. z_vae_{T-1}]`` (B, T, C, h, w): what the head is conditioned on for frame t."""
+        return torch.cat([self.z_vae_init.expand(len(latents), 1, -1, -1, -1), latents[:, :-1]], dim=1)
+
+    def forward(self, frames: torch.Tensor, latents: torch.Tensor, targets: dict[str, torch.Tensor] | None = None,
+                return_attention: bool = False) -> FoveatedOutput:
+        """Frames uint8 (B, T, 3, S, S), their VAE latents (B, T, C, h, w) and the objectives' ``targets``
+        (``prepare``) -> losses and predictions."""
+        targets = targets or {}
         B, T = frames.shape[:2]
+        P = len(self.prompt_ids)
         pixels = frames.flatten(0, 1).float().div(255.0)                       # (B*T, 3, S, S)
         cache = self.encoder.encode(pixels)                                     # once per frame per step
 
@@ -74,34 +152,35 @@ class FoveatedVLM(nn.Module):
             features, attention = out if return_attention else (out, None)
             return features.view(B, T, -1), None if attention is None else attention.view(B, T, -1)
 
+        suffix = self._suffix(targets)                                          # (B, L, H) or None
         # Pass 1: the same static query reads every frame.
         z_static, att_static = attend(self.q_static.expand(B * T, -1))         # (B, T, D)
-        h1 = self._read_sequence(self.coarse_token, z_static)                  # (B, T + 1, H)
-        queries = self.query_head(h1[:, 1:])                                    # (B, T, D): q_t after frame t
+        coarse = PassStates(self._read_sequence(self.coarse_token, z_static, suffix), P, T)
+        queries = self.query_head(coarse.after_frames)                          # (B, T, D): q_t after frame t
 
         # Pass 2: frame t is read with the query produced after frame t-1.
-        shifted = torch.cat([self.q_init.expand(B, 1, -1).to(queries.dtype), queries[:, :-1]], dim=1)
-        z_dynamic, att_dynamic = attend(shifted.flatten(0, 1))                 # (B, T, D)
-        h2 = self._read_sequence(self.fine_token, z_dynamic)                   # (B, T + 1, H)
+        z_dynamic, att_dynamic = attend(self.shift_queries(queries).flatten(0, 1))   # (B, T, D)
+        fine = PassStates(self._read_sequence(self.fine_token, z_dynamic, suffix), P, T)
 
-        # Frame t is predicted from the state before z_t and the latent of frame t-1.
-        prev = torch.cat([self.z_vae_init.expand(B, 1, -1, -1, -1), latents[:, :-1]], dim=1)  # (B, T, C, h, w)
-        pred_coarse = self._predict(h1[:, :-1], prev)                           # (B, T, C, h, w)
-        pred_fine = self._predict(h2[:, :-1], prev)
-        loss_coarse = F.mse_loss(pred_coarse.float(), latents.float())
-        loss_fine = F.mse_loss(pred_fine.float(), latents.float())
+        # Each objective scores each pass from that pass's own states.
+        terms = {name: {"coarse": objective.loss(self, coarse, latents, targets),
+                        "fine": objective.loss(self, fine, latents, targets)}
+                 for name, (objective, _) in self.objectives.items()}
+        loss_coarse = sum(w * terms[name]["coarse"].mean for name, (_, w) in self.objectives.items())
+        loss_fine = sum(w * terms[name]["fine"].mean for name, (_, w) in self.objectives.items())
         return FoveatedOutput(
             loss=loss_fine + self.lambda_coarse * loss_coarse, loss_fine=loss_fine, loss_coarse=loss_coarse,
-            pred_fine=pred_fine, pred_coarse=pred_coarse, queries=queries,
-            attention_static=att_static, attention_dynamic=att_dynamic)
+            terms=terms, queries=queries, attention_static=att_static, attention_dynamic=att_dynamic)
 
-    def autoregressive(self, frames: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+    # ------------------------------------------------------------------ deployed: one pass, frame by frame
+
+    def read_frames(self, frames: torch.Tensor, read_last: bool = True):
         """What a deployed model does: one pass, frame t read with the query this pass made after frame t-1.
 
-        The LLM runs over ``[fine_token, z_1 .. z_{T-1}]`` one frame at a time on its KV cache (frame T
-        informs no prediction, so it is not read). Frames uint8 (B, T, 3, S, S), latents (B, T, C, h, w)
-        -> predictions (B, T, C, h, w), frame t from frames < t. With queries that do not depend on what
-        was read, this equals ``forward``'s ``pred_fine``.
+        The LLM runs over ``[prompt, fine_token, z_1 .. z_T]`` one frame at a time on its KV cache.
+        Frames uint8 (B, T, 3, S, S) -> (states (B, P + 1 + T', H), ``step``): T' = T, or T - 1 without
+        ``read_last`` (frame T informs no latent prediction); ``step(embeddings (B, n, H)) -> (B, n, H)``
+        continues the same sequence (a caption, token by token).
         """
         import inspect
 
@@ -112,21 +191,54 @@ class FoveatedVLM(nn.Module):
         name = "cache" if "cache" in inspect.signature(self.llm.forward).parameters else "past_key_values"
         past = {name: DynamicCache()}
 
-        def step(inputs: torch.Tensor) -> torch.Tensor:                       # (B, 1, H) -> state (B, H)
-            return self.llm(inputs_embeds=inputs, use_cache=True, **past).last_hidden_state[:, -1]
+        def step(inputs: torch.Tensor) -> torch.Tensor:                       # (B, n, H) -> states (B, n, H)
+            return self.llm(inputs_embeds=inputs, use_cache=True, **past).last_hidden_state
 
-        hidden = step(self.fine_token.expand(B, -1, -1))                        # (B, H): state before z_1
+        first = torch.cat([self.embed_tokens(self.prompt_ids).expand(B, -1, -1),
+                           self.fine_token.expand(B, -1, -1)], dim=1)           # (B, P + 1, H)
+        states = [step(first)]
         query = self.q_init.expand(B, -1)                                       # (B, D): reads frame 1
-        states = [hidden]
-        for t in range(T - 1):                                                  # causal: frame by frame
+        for t in range(T if read_last else T - 1):                              # causal: frame by frame
             cache = self.encoder.encode(frames[:, t].float().div(255.0))        # frame t of every clip, once
-            z = self.encoder.attend(query.to(hidden.dtype), cache)              # (B, D)
-            tokens = self.dino_to_llm(z)[:, None]                               # (B, 1, H)
-            hidden = step(tokens)                                               # state after frame t
-            query = self.query_head(hidden)                                     # reads frame t + 1
-            states.append(hidden)
-        prev = torch.cat([self.z_vae_init.expand(B, 1, -1, -1, -1), latents[:, :-1]], dim=1)  # (B, T, C, h, w)
-        return self._predict(torch.stack(states, dim=1), prev)                 # (B, T, C, h, w)
+            z = self.encoder.attend(query.to(states[-1].dtype), cache)          # (B, D)
+            states.append(step(self.dino_to_llm(z)[:, None]))                   # (B, 1, H): after frame t
+            query = self.query_head(states[-1][:, -1])                          # reads frame t + 1
+        return torch.cat(states, dim=1), step
+
+    def autoregressive(self, frames: torch.Tensor, latents: torch.Tensor,
+                       targets: dict[str, torch.Tensor] | None = None) -> dict[str, Term]:
+        """Each objective's loss in the deployed mode (``read_frames``), the suffix read after the frames.
+
+        With queries that do not depend on what was read, this equals ``forward``'s fine terms.
+        """
+        targets = targets or {}
+        suffix = self._suffix(targets)
+        hidden, step = self.read_frames(frames, read_last=suffix is not None)
+        if suffix is not None:
+            hidden = torch.cat([hidden, step(suffix.to(hidden.dtype))], dim=1)
+        states = PassStates(hidden, len(self.prompt_ids), frames.shape[1])
+        return {name: objective.loss(self, states, latents, targets) for name, (objective, _) in self.objectives.items()}
+
+    @torch.no_grad()
+    def generate_text(self, frames: torch.Tensor, max_tokens: int = 64) -> list[list[int]]:
+        """Greedy text after the frames, read in the deployed mode: token ids per clip, up to EOS (excluded)."""
+        if self.codec is None:
+            raise FoveaError("this model has no tokenizer: it was built without a text objective or prompt")
+        hidden, step = self.read_frames(frames)
+        B, eos = len(frames), self.codec.eos_id
+        done = torch.zeros(B, dtype=torch.bool, device=frames.device)
+        ids: list[torch.Tensor] = []
+        state = hidden[:, -1:]                                                  # (B, 1, H): after frame T
+        for _ in range(max_tokens):
+            token = self.lm_logits(state[:, -1]).argmax(-1)                    # (B,)
+            token = torch.where(done, torch.full_like(token, eos), token)
+            ids.append(token)
+            done |= token == eos
+            if bool(done.all()):
+                break
+            state = step(self.embed_tokens(token)[:, None].to(hidden.dtype))  # (B, 1, H)
+        rows = torch.stack(ids, dim=1).tolist() if ids else [[] for _ in range(B)]
+        return [row[:row.index(eos)] if eos in row else row for row in rows]
 
 
 def build_encoder(config: FoveaConfig) -> nn.Module:
@@ -147,12 +259,25 @@ def build_head(config: FoveaConfig, hidden_size: int, latent_channels: int) -> n
 def build_model(config: FoveaConfig) -> FoveatedVLM:
     """The two-pass model the config describes; random parts are initialised from ``run.seed``."""
     from fovea.core.llm import build_llm
+    from fovea.core.objectives import build_objectives, uses_text
     from fovea.core.vae import latent_shape
 
     shape = latent_shape(config.model.vae, config.data.frame_size)
+    objectives = build_objectives(config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.run.seed)
         encoder = build_encoder(config)
         llm = build_llm(config.model.llm)
         head = build_head(config, llm.config.hidden_size, shape[0])
-        return FoveatedVLM(encoder, llm, head, latent_shape=shape, lambda_coarse=config.model.lambda_coarse)
+        codec = None
+        if uses_text(config):
+            if not getattr(llm.config, "tie_word_embeddings", False):
+                raise FoveaError("text (a prompt or a caption objective) is read and written through the LLM's "
+                                 "token embeddings as its LM head, and this LLM's output embeddings are untied "
+                                 "from them; use an LLM with tied embeddings (SmolLM2 is)")
+            codec = TextCodec.for_llm(config.model.llm, llm.config.vocab_size)
+            llm.get_input_embeddings().requires_grad_(config.model.llm.trainable)   # read and written: trained
+        return FoveatedVLM(encoder, llm, head, latent_shape=shape, lambda_coarse=config.model.lambda_coarse,
+                           objectives={name: (objective, config.objectives[name].weight)
+                                       for name, objective in objectives.items()},
+                           codec=codec, prompt=config.model.prompt)

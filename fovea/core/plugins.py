@@ -28,6 +28,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "fovea.plugins.heads.film",
     "fovea.plugins.data.synthetic",
     "fovea.plugins.data.videos",
+    "fovea.plugins.objectives.next_latent",
+    "fovea.plugins.objectives.caption",
 )
 ENTRY_POINT_GROUP = "fovea"
 LOAD_PLUGINS_ENV = "FOVEA_PLUGINS"
@@ -38,7 +40,22 @@ HOOKS: dict[str, str] = {
     "encoder": "fovea_register_encoders",
     "head": "fovea_register_heads",
     "loader": "fovea_register_loaders",
+    "objective": "fovea_register_objectives",
 }
+
+
+def contracts() -> dict[str, type]:
+    """kind -> the ``typing.Protocol`` a part of that kind must keep (checked when it registers)."""
+    from fovea.core.objectives import Objective
+
+    return {"objective": Objective}
+
+
+def missing_members(cls: type, protocol: type) -> list[str]:
+    """The public members ``protocol`` declares (methods and annotated attributes) that ``cls`` lacks."""
+    declared = {name for name in vars(protocol) if not name.startswith("_")} | set(
+        getattr(protocol, "__annotations__", {}))
+    return sorted(name for name in declared if not hasattr(cls, name))
 
 
 @dataclass(frozen=True)
@@ -129,6 +146,12 @@ def _collect_parts(manager: pluggy.PluginManager) -> dict[str, dict[str, Part]]:
                         f"{_kind} '{name}' from {_source}: {cls.__qualname__} needs a nested pydantic "
                         f"`Config` model holding its options (see README, 'Writing a plugin')."
                     )
+                protocol = contracts().get(_kind)
+                missing = missing_members(cls, protocol) if protocol is not None else []
+                if missing:
+                    raise PluginError(f"{_kind} '{name}' from {_source}: {cls.__qualname__} lacks "
+                                      f"{', '.join(missing)} of the {_kind} contract "
+                                      f"({protocol.__module__}.{protocol.__qualname__})")
                 doc = (cls.__doc__ or "").strip().splitlines()
                 parts[_kind][name] = Part(_kind, name, cls, _source, doc[0] if doc else "")
 
@@ -150,7 +173,7 @@ def failed_plugins() -> dict[str, str]:
 
 
 def get_parts(kind: str) -> dict[str, Part]:
-    """All registered parts of one kind ("encoder", "head" or "loader"), by name."""
+    """All registered parts of one kind ("encoder", "head", "loader" or "objective"), by name."""
     global _parts
     if _parts is None:
         _parts = _collect_parts(get_plugin_manager())

@@ -56,6 +56,7 @@ class ClipSet:
 class Split:
     train: ClipSet
     val: ClipSet
+    left_out: tuple[dict[str, Any], ...] = ()   # clips neither trains nor evaluates, with why (data report)
 
     def record(self) -> dict[str, Any]:
         """What ``split.json`` holds: how the split was made and the source and frames of each held-out clip."""
@@ -106,13 +107,42 @@ def held_out_config(config: FoveaConfig) -> FoveaConfig:
 
 def build_split(config: FoveaConfig, cache: ClipCache, device: torch.device | str = "cpu",
                 progress: bool = False) -> Split:
-    """The run's split of ``cache`` (the training cache): by key, or against ``[eval] path``'s own cache."""
-    if config.eval.path is None:
-        return split_cache(cache, config)
-    from fovea.core.cache import build_cache
+    """The run's split of ``cache`` (the training cache): by key, or against ``[eval] path``'s own cache.
 
-    val = build_cache(held_out_config(config), device, progress=progress)
-    return Split(ClipSet(cache, list(range(len(cache)))), ClipSet(val, list(range(len(val)))))
+    When an objective needs captions, clips without one are left out of both sets (``left_out``).
+    """
+    from fovea.core.objectives import needs_captions
+
+    if config.eval.path is None:
+        split = split_cache(cache, config)
+    else:
+        from fovea.core.cache import build_cache
+
+        val = build_cache(held_out_config(config), device, progress=progress)
+        split = Split(ClipSet(cache, list(range(len(cache)))), ClipSet(val, list(range(len(val)))))
+    return keep_captioned(split) if needs_captions(config) else split
+
+
+NO_CAPTION = "no caption (the caption objective needs one)"
+
+
+def keep_captioned(split: Split) -> Split:
+    """``split`` without the clips that carry no caption, which are listed in ``left_out`` with the reason."""
+    left_out: list[dict[str, Any]] = []
+
+    def captioned(clips: ClipSet) -> ClipSet:
+        captions, info = clips.cache.captions(), clips.cache.clip_info()
+        for i in clips.indices:
+            if not captions[i]:
+                left_out.append({"index": i, "source": info[i]["source"], "reason": NO_CAPTION})
+        return ClipSet(clips.cache, [i for i in clips.indices if captions[i]])
+
+    train, val = captioned(split.train), captioned(split.val)
+    if not len(train):
+        raise FoveaError(f"none of the {len(split.train)} training clips has a caption, and the caption objective "
+                         f"needs them: give the videos captions (NAME.txt beside NAME.mp4, or captions.jsonl / "
+                         f"captions.csv at the data root), or train without [objectives.caption]")
+    return Split(train, val, tuple(left_out))
 
 
 def check_recorded(split: Split, recorded: dict[str, Any] | None, where: str) -> None:

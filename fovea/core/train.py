@@ -83,12 +83,13 @@ class RunInterrupted(Exception):
 class NonFiniteStep(FoveaError):
     """A step's loss or gradient norm is NaN/inf; raised before the optimizer touches the weights."""
 
-    def __init__(self, losses: torch.Tensor, grad_norm: torch.Tensor, clips: list[list[int]], parameters: list[str]):
-        self.losses = losses.tolist()              # per micro-batch: [loss, loss_fine, loss_coarse]
+    def __init__(self, losses: torch.Tensor, grad_norm: torch.Tensor, clips: list[list[int]], parameters: list[str],
+                 names: tuple[str, ...] = ("loss", "loss_fine", "loss_coarse")):
+        self.losses = losses.tolist()              # per micro-batch: one value per name (``loss_names``)
+        self.names = names
         self.grad_norm = grad_norm.item()
         self.clips = clips                         # per micro-batch: cache indices of its clips
         self.parameters = parameters               # trainable parameters whose gradient is not finite
-        names = ("loss", "loss_fine", "loss_coarse")
         bad = sorted({names[i] for row in self.losses for i, value in enumerate(row) if not math.isfinite(value)},
                      key=names.index)
         self.which = bad or ["gradient"]
@@ -109,6 +110,23 @@ class TrainState:
     device: torch.device
     dtype: torch.dtype
 
+    @property
+    def loss_names(self) -> tuple[str, ...]:
+        """The losses a step returns, in order: the total, both passes, then each objective's coarse and fine."""
+        return loss_names(self.module)
+
+
+def loss_names(model: torch.nn.Module) -> tuple[str, ...]:
+    """``loss, loss_fine, loss_coarse`` then ``<objective>_coarse, <objective>_fine`` per objective."""
+    return ("loss", "loss_fine", "loss_coarse") + tuple(
+        f"{name}_{mode}" for name in model.objectives for mode in ("coarse", "fine"))
+
+
+def step_losses(out, model: torch.nn.Module) -> torch.Tensor:
+    """A forward's losses in ``loss_names`` order, (3 + 2 x objectives,) float32, detached."""
+    terms = [out.terms[name][mode].mean for name in model.objectives for mode in ("coarse", "fine")]
+    return torch.stack([out.loss, out.loss_fine, out.loss_coarse, *terms]).detach().float()
+
 
 def prepare_training(config: FoveaConfig, model: torch.nn.Module, device: torch.device) -> TrainState:
     """Spread ``model`` over the torchrun processes (``distributed.strategy``), then its optimizer and schedule."""
@@ -125,7 +143,7 @@ def train_step(state: TrainState, batches: Iterator[dict], timer: PhaseTimer,
                attention: bool = False) -> tuple[torch.Tensor, ...]:
     """One optimizer step over ``grad_accum`` micro-batches, its phases timed by ``timer``.
 
-    Returns (loss, loss_fine, loss_coarse) averaged over the micro-batches, (3,), and the gradient norm
+    Returns the losses of ``loss_names`` averaged over the micro-batches, (K,), and the gradient norm
     before clipping: both on the device. ``attention=True`` (logging steps) also returns the attention
     statistics ``fovea.core.attention.STAT_KEYS`` (4,), means over the step's clips and frames, read from
     the forwards the step runs anyway (no extra forward, no random numbers drawn, so resume stays exact).
@@ -143,44 +161,46 @@ def train_step(state: TrainState, batches: Iterator[dict], timer: PhaseTimer,
             batch = next(batches)
             frames = batch["frames"].to(state.device, non_blocking=True)    # (B, T, 3, S, S) uint8
             latents = batch["latents"].to(state.device, non_blocking=True)  # (B, T, C, h, w)
+            targets = {k: v.to(state.device, non_blocking=True) for k, v in state.module.prepare(batch).items()}
         with distributed.gradient_sync(state.model, enabled=micro_step == t.grad_accum - 1):
             with timer("forward"), torch.autocast(state.device.type, dtype=state.dtype,
                                                   enabled=state.dtype != torch.float32):
-                out = state.model(frames, latents, return_attention=attention)
+                out = state.model(frames, latents, targets, return_attention=attention)
             with timer("backward"):
                 (out.loss / t.grad_accum).backward()
-        micro_losses.append(torch.stack([out.loss, out.loss_fine, out.loss_coarse]).detach().float())   # (3,)
+        micro_losses.append(step_losses(out, state.module))                # (K,)
         if attention:
             micro_stats.append(attention_stats(out.attention_static.detach(), out.attention_dynamic.detach()))
         clips.append(batch["index"].tolist() if "index" in batch else [])
+    K = len(micro_losses[0])
     with timer("optimizer"):
-        # (grad_accum * 3 [+ 4],): every micro-batch's losses, the step's attention statistics; over ranks
+        # (grad_accum * K [+ 4],): every micro-batch's losses, the step's attention statistics; over ranks
         reduced = distributed.mean_over_ranks(torch.cat(
             [torch.stack(micro_losses).flatten()] + ([torch.stack(micro_stats).mean(0)] if attention else [])))
-        micro_losses = reduced[:3 * t.grad_accum].view(t.grad_accum, 3)
+        micro_losses = reduced[:K * t.grad_accum].view(t.grad_accum, K)
         grads = [p.grad for p in state.trainable if p.grad is not None]
         grad_norm = distributed.full_tensor(torch.nn.utils.get_total_norm(grads))
-        checked = torch.cat([micro_losses.flatten(), grad_norm[None]])              # (grad_accum * 3 + 1,)
+        checked = torch.cat([micro_losses.flatten(), grad_norm[None]])              # (grad_accum * K + 1,)
         if not bool(torch.isfinite(checked).all()):                                  # the one sync
             bad = [name for name, p in state.module.named_parameters()
                    if p.grad is not None and not bool(torch.isfinite(distributed.full_tensor(p.grad)).all())]
             state.optimizer.zero_grad(set_to_none=True)
             every_rank = distributed.gather(clips)                                   # [rank][micro-batch]
             clips = [[i for rank in every_rank for i in rank[m]] for m in range(t.grad_accum)]
-            raise NonFiniteStep(micro_losses.cpu(), grad_norm.float().cpu(), clips, bad)
+            raise NonFiniteStep(micro_losses.cpu(), grad_norm.float().cpu(), clips, bad, state.loss_names)
         torch.nn.utils.clip_grads_with_norm_(state.trainable, t.grad_clip if t.grad_clip > 0 else math.inf, grad_norm)
         state.optimizer.step()
         state.scheduler.step()
         state.optimizer.zero_grad(set_to_none=True)
-    losses = micro_losses.mean(0)                                                    # (3,)
-    return (losses, grad_norm.detach()) + ((reduced[3 * t.grad_accum:],) if attention else ())
+    losses = micro_losses.mean(0)                                                    # (K,)
+    return (losses, grad_norm.detach()) + ((reduced[K * t.grad_accum:],) if attention else ())
 
 
 @dataclass
 class Progress:
     """Where the loop stands; saved with every checkpoint, so a resumed run logs what an uninterrupted one would."""
 
-    sums: torch.Tensor                   # (4,) loss, loss_fine, loss_coarse, grad_norm summed over the open interval
+    sums: torch.Tensor                   # (K + 1,) the losses of ``loss_names`` and grad_norm summed over the open interval
     step: int = 0                        # optimizer steps done (skipped ones included)
     interval_steps: int = 0              # steps summed in ``sums``
     interval_skipped: int = 0            # steps of the open interval skipped for a NaN/inf
@@ -192,8 +212,11 @@ class Progress:
                 "interval_skipped": self.interval_skipped, "skipped": self.skipped, "elapsed_s": elapsed_s}
 
     @classmethod
-    def from_state(cls, state: dict[str, Any], device: torch.device) -> "Progress":
-        return cls(**{**state, "sums": state["sums"].to(device)})
+    def from_state(cls, state: dict[str, Any], device: torch.device, size: int) -> "Progress":
+        sums = state["sums"].to(device)
+        if len(sums) == 4 < size:   # saved before objectives were logged: loss, fine, coarse, grad_norm
+            sums = torch.cat([sums[:3], sums.new_full((size - 4,), math.nan), sums[3:]])   # unknown: not logged
+        return cls(**{**state, "sums": sums})
 
 
 @dataclass
@@ -278,11 +301,11 @@ def train(config: FoveaConfig, resume: RunDir | None = None, force: bool = False
         stack.callback(shutdown, loader)
         seed_everything(config.run.seed + world.rank)
         state = prepare_training(config, model, device)
-        evaluator = Evaluator.build(split, config, device, state.dtype)   # reads the cache; draws no random numbers
-        progress = Progress(torch.zeros(4, device=device))
+        evaluator = Evaluator.build(split, config, device, state.dtype, model)   # reads the cache; draws no random numbers
+        progress = Progress(torch.zeros(len(state.loss_names) + 1, device=device))
         if checkpoint is not None:
             restore_training(checkpoint, state)
-            progress = Progress.from_state(checkpoint.training_state["progress"], device)
+            progress = Progress.from_state(checkpoint.training_state["progress"], device, len(progress.sums))
             restore_rng(checkpoint.training_state["rng"])
 
         if resume is None:
@@ -298,7 +321,7 @@ def train(config: FoveaConfig, resume: RunDir | None = None, force: bool = False
                 run.write_text(run.config_file.name, config_to_toml(config))
                 run.summary_file.unlink(missing_ok=True)     # the run is not finished until it is
             run.write_json("data_report.json", {**cache.report(), "num_train": len(split.train),
-                                                "num_val": len(split.val)})
+                                                "num_val": len(split.val), "left_out": list(split.left_out)})
             run.write_json(run.split_file.name, split.record())
             run.mark_latest()
 
@@ -386,6 +409,7 @@ def optimize(state: TrainState, loader, run: RunDir, progress: Progress,
     def elapsed() -> float:              # training time of the whole run, earlier processes included
         return progress.elapsed_s + time.perf_counter() - started
 
+    record_keys = ("loss", "loss_fine", "loss_coarse")
     with tqdm(total=t.max_steps, initial=progress.step, desc=f"fovea {config.run.name}",
               disable=not (config.run.progress and world.is_main), unit="step") as bar:
         for step in range(progress.step + 1, t.max_steps + 1):
@@ -409,16 +433,19 @@ def optimize(state: TrainState, loader, run: RunDir, progress: Progress,
 
             if logging:
                 n = progress.interval_steps
-                means = (progress.sums / n).tolist() if n else [None] * 4    # syncs the device
-                loss, loss_fine, loss_coarse, gnorm = means
+                means = [v if math.isfinite(v) else None for v in (progress.sums / n).tolist()] if n \
+                    else [None] * len(progress.sums)                          # syncs the device
+                losses_logged = dict(zip(state.loss_names, means))
+                loss_fine, loss_coarse, gnorm = losses_logged["loss_fine"], losses_logged["loss_coarse"], means[-1]
                 wall = time.perf_counter() - interval_start
-                record = {"step": step, "loss": loss, "loss_fine": loss_fine, "loss_coarse": loss_coarse,
+                record = {"step": step, **{k: losses_logged[k] for k in ("loss", "loss_fine", "loss_coarse")},
                           "ratio": loss_coarse / loss_fine if n and loss_fine > 0 else None, "grad_norm": gnorm,
                           "lr": state.scheduler.get_last_lr()[0],
                           "samples_per_s": timed_steps * global_batch / wall,
                           "data_wait_share": distributed.agree_max(timer.pop().get("data", 0.0) / wall),
                           "skipped_steps": progress.interval_skipped, "elapsed_s": elapsed(),
-                          **dict(zip(STAT_KEYS, attention[0].tolist() if attention else [None] * 4))}
+                          **dict(zip(STAT_KEYS, attention[0].tolist() if attention else [None] * 4)),
+                          **{k: v for k, v in losses_logged.items() if k not in record_keys}}
                 if world.is_main:
                     run.append_metrics(record)
                 if writer is not None:
@@ -462,7 +489,7 @@ def report_nonfinite(exc: NonFiniteStep, step: int, run: RunDir, clip_info: Call
     import json
 
     info = clip_info() if clip_info is not None else []
-    names = ("loss", "loss_fine", "loss_coarse")
+    names = exc.names
     checkpoints = run.checkpoints()
     record = {
         "step": step,
@@ -485,6 +512,13 @@ def _json_number(value: float) -> float | str:
     return value if math.isfinite(value) else str(value)
 
 
+def _objective_summary(row: dict, name: str, weight: float) -> dict[str, Any]:
+    """One objective's last logged training losses and their improvement."""
+    coarse, fine = row.get(f"{name}_coarse"), row.get(f"{name}_fine")
+    return {"weight": weight, "coarse": coarse, "fine": fine,
+            "improvement": (coarse - fine) / coarse if coarse and fine is not None else None}
+
+
 def summarize(config: FoveaConfig, model: torch.nn.Module, num_clips: int, metrics: list[dict], wall: float,
               skipped: int = 0, world_size: int = 1, held_out: list[dict] | None = None) -> dict:
     """What ``summary.json`` holds: outcome, losses first and last, the spec's improvement, batch, sizes,
@@ -503,6 +537,8 @@ def summarize(config: FoveaConfig, model: torch.nn.Module, num_clips: int, metri
         "first": first,
         "last": last,
         "improvement": improvement,   # SPEC: (loss_coarse - loss_fine) / loss_coarse, on training batches
+        "objectives": {name: _objective_summary(last or {}, name, table.weight)
+                       for name, table in config.objectives.items()},
         "val": held_out[-1] if held_out else None,   # the held-out evaluation at the last step
         "num_clips": num_clips,
         "world_size": world_size,

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import fovea
+from fovea.core.data import build_source
 from fovea.core.errors import FoveaError
 from fovea.core.rundir import RunDir
 from fovea.core.train import lr_factor, train
@@ -151,8 +152,9 @@ def test_nonfinite_step_stops_the_run_with_a_diagnosis_or_is_skipped(tmp_path, m
     (diagnosis,) = [json.loads(line) for line in (run.path / "nonfinite.jsonl").read_text().splitlines()]
     assert diagnosis["step"] == 3 and diagnosis["action"] == ("stopped" if policy == "stop" else "skipped")
     assert diagnosis["micro_batches"][0]["losses"]["loss_fine"] == "nan"
+    caption = build_source(config)[poisoned].caption   # each clip's cache clip_info, caption included
     assert {"index": poisoned, "source": f"synthetic seed=0 clip={poisoned}",
-            "frame_indices": list(range(8))} in diagnosis["micro_batches"][0]["clips"]
+            "frame_indices": list(range(8)), "caption": caption} in diagnosis["micro_batches"][0]["clips"]
     assert diagnosis["last_checkpoint"] == "step-000002"
     steps = [m["step"] for m in run.read_metrics()]
     if policy == "stop":

@@ -1,8 +1,8 @@
 """The clip cache: every clip decoded once, with its VAE latents, in shards that stream fast and are verified.
 
 ``<data.cache_dir>/<source>-<key>/`` holds ``shard-00000.safetensors`` … (uint8 ``frames``
-(n, T, 3, S, S) and float32 ``latents`` (n, T, C, h, w); the clips' source paths, frame indices and
-the skipped items with their reasons in the shard's metadata), beside each shard its record
+(n, T, 3, S, S) and float32 ``latents`` (n, T, C, h, w); the clips' source paths, frame indices,
+captions and the skipped items with their reasons in the shard's metadata), beside each shard its record
 ``shard-00000.json`` (size, SHA-256, clips, skipped items: written with the shard, from the bytes
 written), ``key.json`` (what the cache was made from), ``vae/`` (a random-initialised VAE, when the
 config names none, with ``vae/checksums.json``), ``.lock`` (one writer at a time) and, once every
@@ -38,7 +38,9 @@ from fovea.core.data import SkipClip, build_source, check_clip
 from fovea.core.errors import FoveaError
 from fovea.core.files import atomic_write, sha256_file
 
-CACHE_VERSION = 2   # 2: checksums of every shard and of the saved VAE; a version-1 cache is rebuilt beside it
+# 2: checksums of every shard and of the saved VAE; 3: captions in clip_info. An older cache is rebuilt beside it
+# (the version is part of the cache key).
+CACHE_VERSION = 3
 MANIFEST = "manifest.json"
 LOCK = ".lock"
 VAE_CHECKSUMS = "checksums.json"
@@ -170,6 +172,7 @@ class ClipCache:
         self._local = threading.local()                                    # one set of open shards per thread
         self._checked: dict[int, str | None] = {}                          # shard -> None (verified) or problem
         self._check_locks = [threading.Lock() for _ in self._records]     # one hash per shard, whoever asks
+        self._captions: list[str | None] | None = None                     # by clip index, built on first use
 
     def __len__(self) -> int:
         return self.manifest["num_clips"]
@@ -199,8 +202,9 @@ class ClipCache:
             handles[shard] = safe_open(str(shard_file(self.root, shard)), framework="pt")
         return handles[shard]
 
-    def read(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        """Clips ``indices`` -> {"frames": (B, T, 3, S, S) uint8, "latents": (B, T, C, h, w), "index": (B,)}."""
+    def read(self, indices: list[int]) -> dict[str, Any]:
+        """Clips ``indices`` -> {"frames": (B, T, 3, S, S) uint8, "latents": (B, T, C, h, w), "index": (B,),
+        "captions": B str or None, in the order of ``indices``}."""
         from safetensors import SafetensorError
 
         index = torch.as_tensor(indices)
@@ -214,11 +218,22 @@ class ClipCache:
             except (SafetensorError, OSError, RuntimeError) as exc:       # only without verify, or changed since
                 name = shard_file(self.root, shard).name
                 raise DamagedCache(self.root, [f"{name} is unreadable ({type(exc).__name__}: {exc})"]) from None
-        return {"frames": torch.cat(frames), "latents": torch.cat(latents), "index": index}
+        captions = self._caption_list()
+        return {"frames": torch.cat(frames), "latents": torch.cat(latents), "index": index,
+                "captions": [captions[clip] for clip in index.tolist()]}
 
     def clip_info(self) -> list[dict[str, Any]]:
-        """Source and frame indices of every cached clip, in cache order."""
+        """Source, frame indices and caption (str or None) of every cached clip, in cache order."""
         return [clip for shard in self._records for clip in shard["clip_info"]]
+
+    def captions(self) -> list[str | None]:
+        """The caption of every cached clip (None where the source gave none), in cache order."""
+        return list(self._caption_list())
+
+    def _caption_list(self) -> list[str | None]:
+        if self._captions is None:   # two threads may both build it: the same list, assigned atomically
+            self._captions = [clip["caption"] for clip in self.clip_info()]
+        return self._captions
 
     def report(self) -> dict[str, Any]:
         """The data report: how many clips, and every skipped item with its reason."""
@@ -507,7 +522,7 @@ def _write_shard(root: Path, shard: int, clips: list, skipped: list, vae, config
 
     from fovea.core.vae import encode_latents, latent_shape
 
-    info = [{"source": c.source, "frame_indices": c.frame_indices} for c in clips]
+    info = [{"source": c.source, "frame_indices": c.frame_indices, "caption": c.caption} for c in clips]
     if previous is not None and previous.get("clip_info") != info:
         raise FoveaError(f"the source of the clip cache at {root} changed since the cache was written (shard "
                          f"{shard} held {len(previous.get('clip_info', []))} other clips); delete {root} and run "

@@ -1,7 +1,8 @@
 """Clips: what a clip source (a ``loader`` plugin) returns, and how fovea builds one from the config.
 
 A source is a map-style collection: ``len(source)`` clips, ``source[i]`` a ``Clip`` of ``num_frames``
-uint8 frames ``(T, 3, S, S)`` with where it came from. A clip that cannot be read (a corrupt or
+uint8 frames ``(T, 3, S, S)`` with where it came from and, optionally, a caption (text describing it,
+for the caption objective; ``None`` when the source has none). A clip that cannot be read (a corrupt or
 audio-only file, a clip too short for the policy) raises ``SkipClip`` with the reason: it is listed
 in the data report and left out; the run goes on. ``fovea.core.cache`` decodes every clip once.
 """
@@ -18,11 +19,12 @@ from fovea.core.errors import FoveaError, PluginError
 
 @dataclass
 class Clip:
-    """One clip: its frames and what they were read from."""
+    """One clip: its frames, what they were read from and, if the source has one, its caption."""
 
     frames: torch.Tensor                 # (T, 3, S, S) uint8
     source: str                          # a file path, or a description such as "synthetic seed=0 clip=3"
     frame_indices: list[int] = field(default_factory=list)  # indices of the frames in the source
+    caption: str | None = None           # text describing the clip; None when the source gives none
 
 
 class SkipClip(Exception):
@@ -53,6 +55,10 @@ def check_clip(clip: Clip, config: FoveaConfig) -> Clip:
         got = f"{tuple(frames.shape)} {frames.dtype}" if isinstance(frames, torch.Tensor) else type(clip).__name__
         raise PluginError(f"loader '{config.data.name}' returned {got}; the loader contract is a fovea Clip "
                           f"with uint8 frames of shape {(T, 3, S, S)}")
+    caption = getattr(clip, "caption", None)
+    if caption is not None and not isinstance(caption, str):
+        raise PluginError(f"loader '{config.data.name}' returned a caption of type {type(caption).__name__}; the "
+                          f"loader contract is a str or None")
     return clip
 
 

@@ -54,7 +54,8 @@ class ShuffledIndices(BaseNode[int]):
 def build_loader(cache: ClipCache, config: FoveaConfig, device: torch.device,
                  position: dict[str, int] | None = None, rank: int = 0, world_size: int = 1,
                  indices: list[int] | None = None) -> Loader:
-    """An endless, stateful loader of ``{"frames", "latents", "index"}`` batches of ``training.batch_size``.
+    """An endless, stateful loader of ``ClipCache.read`` batches (``{"frames", "latents", "index", "captions"}``)
+    of ``training.batch_size``. The captions, a list of str or None, pass ``PinMemory`` unchanged.
 
     ``indices``: the cache's clips to train on (the training split; default all). ``position``
     (``sample_position`` of a saved state) starts it where a checkpointed loader stopped; it counts

@@ -30,7 +30,22 @@ def saved_models(tmp_path_factory):
     }
     for name, model in models.items():
         model.save_pretrained(root / name)
+    tiny_tokenizer().save_pretrained(root / "llm")             # beside the weights, as on the hub
     return root, models
+
+
+def tiny_tokenizer():
+    """A byte-level BPE tokenizer (256 bytes and a few merges) built with the tokenizers library."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tokenizer.train_from_iterator(["a red ball bounces", "the ball rolls left", "two balls"], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer)
 
 
 def test_models_load_from_local_directories(saved_models, tmp_path):
@@ -73,3 +88,23 @@ def test_directory_without_a_model_is_a_clear_error(tmp_path):
     config = fovea.load_config(QUICKSTART, tiny_overrides(tmp_path, **{"model.llm.pretrained": f'"{tmp_path / "empty"}"'}))
     with pytest.raises(FoveaError, match="cannot load the language model from .*empty.*save_pretrained"):
         fovea.build_model(config)
+
+
+def test_tokenizer_loads_from_the_llm_directory(saved_models):
+    from fovea.core.config import LLMConfig
+    from fovea.core.llm import load_tokenizer
+
+    root, _ = saved_models
+    tokenizer = load_tokenizer(LLMConfig(pretrained=str(root / "llm")))
+    text = "A red ball, 2 balls: 3!"
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    assert tokenizer.decode(ids) == text and len(ids) < len(text.encode())    # the merges were saved too
+
+
+def test_directory_without_a_tokenizer_is_a_clear_error(saved_models):
+    from fovea.core.config import LLMConfig
+    from fovea.core.llm import load_tokenizer
+
+    root, _ = saved_models
+    with pytest.raises(FoveaError, match="cannot load the tokenizer of the language model from .*dinov3"):
+        load_tokenizer(LLMConfig(pretrained=str(root / "dinov3")))

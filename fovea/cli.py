@@ -205,7 +205,8 @@ def caption_command(
                                                   show_default=False),
     split: str = typer.Option("val", "--split", help="Without VIDEO: val (the held-out clips) or train."),
     clips: int = typer.Option(16, "--clips", min=1, help="Without VIDEO: caption at most N clips, evenly spread."),
-    max_tokens: int = typer.Option(64, "--max-tokens", min=1, help="Stop a caption after N tokens."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, help="Stop a caption after N tokens "
+                                             "(default: the caption objective's max_tokens)."),
     checkpoint: Optional[int] = typer.Option(None, "--checkpoint", metavar="STEP", min=0,
                                              help="The checkpoint of this optimizer step (default: the newest)."),
 ) -> None:

@@ -124,7 +124,8 @@ def reading_pass2(attribute: str):
     made = []
 
     class Mixed(PassStates):
-        def __post_init__(self):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
             made.append(self)
 
     setattr(Mixed, attribute, property(lambda self: getattr(PassStates, attribute).fget(made[-1])))

@@ -158,6 +158,7 @@ def _merge_recommendations(checks: list[Check], template: str) -> None:
 def check_components(ev: "Evidence") -> list[Check]:
     """Trainability per component: requires_grad, gradient on a real batch, weights moved; VAE frozen."""
     reach = probes.gradient_reach(ev.model, ev.frames, ev.latents, ev.targets)
+    idle = set(ev.model.idle_parameters())
     trained = {n: p.detach() for n, p in ev.model.named_parameters()}
     initial = {n: p.detach() for n, p in ev.initial.named_parameters()}
     flags = {n: p.requires_grad for n, p in ev.model.named_parameters()}
@@ -169,7 +170,16 @@ def check_components(ev: "Evidence") -> list[Check]:
         else:
             names = [n for n in trained if _belongs(n, component.modules)]
             covered.update(names)
-            checks.append(_trainability_check(component, key, names, trained, initial, flags, reach))
+            used = [n for n in names if n not in idle]
+            if names and not used:
+                checks.append(Check(
+                    f"components.{key}", f"{component.description} {component.state}", "components", "info",
+                    expected=f"{component.state} (SPEC.md \"Components\")",
+                    observed=f"not used: none of the run's objectives ({', '.join(ev.model.objectives)}) reads its "
+                             f"{len(names)} tensors, which stay frozen at their initialisation",
+                    evidence="the objectives' `reads` (fovea.core.model.FoveatedVLM.idle_parameters)"))
+                continue
+            checks.append(_trainability_check(component, key, used, trained, initial, flags, reach))
     models = check_components_models(ev)
     _merge_recommendations(models, "set {} (or local copies) for a run that tests the spec (configs/phase1.toml "
                                    "names them)")
@@ -705,7 +715,7 @@ def _query_probes(ev: "Evidence") -> list[Check]:
         measurements=sens))
 
     with probes.record_attend_outputs(model) as calls:
-        out = _forward_with_attention(model, ev.frames, ev.latents)
+        out = _forward_with_attention(model, ev.frames, ev.latents, ev.targets)
     if len(calls) == 2:
         corr_sd = probes._row_correlation(calls[0][1], calls[1][1])
         same = corr_sd.mean().item()
@@ -724,12 +734,12 @@ def _query_probes(ev: "Evidence") -> list[Check]:
     return checks
 
 
-def _forward_with_attention(model, frames, latents):
+def _forward_with_attention(model, frames, latents, targets=None):
     """The forward with attention maps, or a plain one for an encoder without ``return_attention``."""
     try:
-        return model(frames, latents, return_attention=True)
+        return model(frames, latents, targets, return_attention=True)
     except TypeError:
-        return model(frames, latents)
+        return model(frames, latents, targets)
 
 
 def _entropy_check(ev: "Evidence", out, batch: str) -> Check:
@@ -798,11 +808,17 @@ def check_head(ev: "Evidence") -> list[Check]:
             recommendation="use the spec's widths for a run that tests the spec" if differ else "",
             label="MODIFIED" if differ else "", measurements={"differ": differ}))
 
+    if "next_latent" not in model.objectives:
+        checks.append(Check("head.conditioning", "FiLM conditioning on the LLM state", "head", "info",
+                            expected="the head predicts the next latent from the LLM state and the previous latent",
+                            observed=f"not measured: the run does not train next_latent "
+                                     f"({', '.join(model.objectives)}), so the head is never called"))
+        return checks
     captured: list[tuple] = []
     handle = model.head.register_forward_hook(lambda module, args, output: captured.append(args))
     try:
         with torch.no_grad():
-            model(ev.frames, ev.latents)
+            model(ev.frames, ev.latents, ev.targets)
     finally:
         handle.remove()
     if not captured or len(captured[0]) < 2:

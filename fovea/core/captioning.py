@@ -20,10 +20,11 @@ CAPTIONS_FILE = "captions.jsonl"
 
 
 def caption_run(run_dir, videos: Iterable[str] = (), split: str = "val", clips: int | None = 16,
-                max_tokens: int = 64, step: int | None = None, device: str | None = None,
+                max_tokens: int | None = None, step: int | None = None, device: str | None = None,
                 progress: bool = False) -> tuple[Path, list[dict[str, Any]]]:
     """Caption ``videos`` (files) or ``clips`` clips of the run's ``split``; writes ``captions.jsonl`` into the
-    run and returns (its path, the rows: source, reference caption or None, generated caption, step)."""
+    run and returns (its path, the rows: source, reference caption or None, generated caption, step).
+    ``max_tokens``: default, the caption objective's ``max_tokens``."""
     from fovea.core.evaluation import TrainedRun
     from fovea.core.rundir import checkpoint_step
 
@@ -32,6 +33,8 @@ def caption_run(run_dir, videos: Iterable[str] = (), split: str = "val", clips: 
     if model.codec is None or not any(getattr(o, "needs_captions", False) for o, _ in model.objectives.values()):
         raise FoveaError(f"{opened.run.path} trains no text objective ({', '.join(opened.config.objectives)}): it "
                          f"cannot write captions. Train one with [objectives.caption] (configs/caption_synthetic.toml)")
+    if max_tokens is None:   # as long as the captions it was trained on may be
+        max_tokens = max(getattr(getattr(o, "config", None), "max_tokens", 0) for o, _ in model.objectives.values()) or 64
     videos = list(videos)
     batches = (_video_batches(videos, opened.config) if videos
                else _cache_batches(opened.clips(split, clips), opened.config.eval.batch_size))

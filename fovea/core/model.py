@@ -110,6 +110,17 @@ class FoveatedVLM(nn.Module):
         parts = [s for s in (o.suffix(self, targets) for o, _ in self.objectives.values()) if s is not None]
         return parts[0] if parts else None
 
+    def idle_parameters(self) -> list[str]:
+        """Names of the parameters no trained objective reads: those only other objectives read (their
+        ``reads`` prefixes), e.g. the head and ``z_vae_init`` when ``next_latent`` is not trained."""
+        from fovea.core.plugins import get_parts
+
+        used = [p for objective, _ in self.objectives.values() for p in getattr(objective, "reads", ())]
+        others = [p for name, part in get_parts("objective").items() if name not in self.objectives
+                  for p in getattr(part.cls, "reads", ())]
+        return [n for n, _ in self.named_parameters()
+                if any(n.startswith(p) for p in others) and not any(n.startswith(p) for p in used)]
+
     # ------------------------------------------------------------------ the two passes
 
     def _read_sequence(self, mode_token: torch.Tensor, features: torch.Tensor,
@@ -277,7 +288,12 @@ def build_model(config: FoveaConfig) -> FoveatedVLM:
                                  "from them; use an LLM with tied embeddings (SmolLM2 is)")
             codec = TextCodec.for_llm(config.model.llm, llm.config.vocab_size)
             llm.get_input_embeddings().requires_grad_(config.model.llm.trainable)   # read and written: trained
-        return FoveatedVLM(encoder, llm, head, latent_shape=shape, lambda_coarse=config.model.lambda_coarse,
-                           objectives={name: (objective, config.objectives[name].weight)
-                                       for name, objective in objectives.items()},
-                           codec=codec, prompt=config.model.prompt)
+        model = FoveatedVLM(encoder, llm, head, latent_shape=shape, lambda_coarse=config.model.lambda_coarse,
+                            objectives={name: (objective, config.objectives[name].weight)
+                                        for name, objective in objectives.items()},
+                            codec=codec, prompt=config.model.prompt)
+    idle = set(model.idle_parameters())       # no gradient can reach them: out of the optimizer (and DDP's reducer)
+    for name, parameter in model.named_parameters():
+        if name in idle:
+            parameter.requires_grad_(False)
+    return model

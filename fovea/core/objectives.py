@@ -60,8 +60,11 @@ class Term:
 class Objective(Protocol):
     """The contract of an ``objective`` part, built as ``cls(config, model_config=FoveaConfig.model)``.
 
-    Optional extension: a class attribute ``needs_captions = True`` makes training and evaluation use
-    only clips that carry a caption (the others are listed in the run's data report).
+    Optional extensions: a class attribute ``needs_captions = True`` makes training and evaluation use
+    only clips that carry a caption (the others are listed in the run's data report); ``reads``, the
+    prefixes of the model's parameters only this objective reads (without it they are idle: frozen, and
+    the audit says so); ``baselines(train_clips, batch_size, codec)``, trivial predictors ``fovea eval``
+    compares with (``fovea.core.evaluation``).
     """
 
     Config: ClassVar[type]

@@ -16,6 +16,8 @@ from fovea.core.objectives import PassStates, Term
 class NextLatent:
     """The next frame's VAE latent, mean squared error (SPEC phase 1)."""
 
+    reads = ("head.", "z_vae_init")   # parameters only this objective reads (idle, and frozen, without it)
+
     class Config(BaseModel):
         """``next_latent`` has no options beyond its weight."""
 

@@ -169,19 +169,21 @@ def eval_command(
                                              help="The checkpoint of this optimizer step (default: the newest)."),
     modes: str = typer.Option("coarse,fine,autoregressive", "--modes",
                               help="Comma-separated: coarse, fine, autoregressive."),
+    ablate: Optional[List[str]] = typer.Option(None, "--ablate", metavar="NAME", help="Also evaluate with pass 2 "
+                                               "ablated (repeatable): shuffle_queries, static_queries, blind."),
 ) -> None:
     """Did it learn, and did foveation help? Held-out losses of each mode against trivial baselines.
 
-    Writes eval.json and eval.md into the run (eval-train.json for --split train) and prints a table:
-    coarse (pass 1), fine (two passes, as trained), autoregressive (one pass with its own queries), the
-    mean-latent and copy-previous baselines, skill, improvement and the autoregressive gap, each with a
-    95 % bootstrap interval over clips.
+    Writes eval.json and eval.md into the run (eval-train.json for --split train) and prints, per objective,
+    a table: coarse (pass 1), fine (two passes, as trained), autoregressive (one pass with its own queries),
+    the objective's trivial baselines, skill, improvement and the autoregressive gap, each with a 95 %
+    bootstrap interval over clips; with --ablate, how much improvement each ablation leaves.
     """
-    from fovea.core.evaluation import UNITS, evaluate_run, headline, objective_results, rows
+    from fovea.core.evaluation import UNITS, ablation_lines, evaluate_run, headline, objective_results, rows
     from fovea.core.rundir import RunDir
 
     result = evaluate_run(run_dir, split=split, clips=clips, step=checkpoint,
-                          modes=[m.strip() for m in modes.split(",") if m.strip()])
+                          modes=[m.strip() for m in modes.split(",") if m.strip()], ablations=ablate or [])
     typer.echo(f"{result['split']} split, {result['clips']} clips, checkpoint of step {result['step']} "
                f"(95 % bootstrap interval over clips)")
     for name, figures in objective_results(result).items():
@@ -192,6 +194,8 @@ def eval_command(
             typer.echo("  " + "  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + f"  {row[3]}")
         for line in headline(figures):
             typer.echo(line)
+    for line in ablation_lines(result):
+        typer.echo(line)
     written = RunDir.open(run_dir).eval_file(split)
     typer.echo(f"wrote {written} and {written.with_suffix('.md').name}")
 

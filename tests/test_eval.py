@@ -268,3 +268,48 @@ def test_autoregressive_mode_feeds_the_llm_one_new_token_per_frame(tiny_model, t
     finally:
         hook.remove()
     assert lengths == [1] * frames.shape[1]     # the mode token, then frames 1 .. T-1
+
+
+# --------------------------------------------------------------------------- ablations
+
+
+def test_ablations_rewire_pass_two_only(tiny_model, tiny_batch):
+    from fovea.audit import probes
+    from fovea.core.evaluation import ablated
+
+    frames, latents = tiny_batch
+    with torch.no_grad(), probes.record_attend_calls(tiny_model) as plain:
+        tiny_model(frames, latents)
+    for ablation in ("static_queries", "shuffle_queries"):
+        with torch.no_grad(), ablated(tiny_model, ablation), probes.record_attend_calls(tiny_model) as calls:
+            tiny_model(frames, latents)
+        assert torch.equal(calls[0], plain[0])                                   # pass 1 untouched
+        pass2, before = calls[1].view(2, 8, -1), plain[1].view(2, 8, -1)
+        if ablation == "static_queries":
+            assert torch.allclose(pass2, tiny_model.q_static.expand_as(pass2))
+        else:                                                                    # clip 0 reads clip 1's queries
+            assert torch.allclose(pass2[0], before[1]) and torch.allclose(pass2[1], before[0])
+    assert "shift_queries" not in tiny_model.__dict__                           # restored
+    with pytest.raises(fovea.FoveaError, match="choose from"):
+        with ablated(tiny_model, "sideways"):
+            pass
+
+
+def test_fovea_eval_ablations_are_reported_on_the_same_clips(tmp_path):
+    run = train(fovea.load_config(QUICKSTART, tiny_overrides(tmp_path, **{"data.num_clips": "11", "eval.val_clips": "3"})))
+    result = runner.invoke(app, ["eval", str(run.path), "--modes", "coarse,fine", "--ablate", "shuffle_queries",
+                                 "--ablate", "static_queries", "--ablate", "blind"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(run.eval_file().read_text())
+    for name in ("shuffle_queries", "static_queries", "blind"):
+        figures = data["ablations"][name]["next_latent"]
+        assert name in result.output
+        if name != "blind":   # pass 1 is not ablated: its loss is the unablated one
+            assert figures["modes"]["coarse"]["loss"] == pytest.approx(data["modes"]["coarse"]["loss"], rel=1e-6)
+        fine = figures["modes"]["fine"]["loss"]
+        assert figures["fine_change"]["value"] == pytest.approx((fine - data["modes"]["fine"]["loss"])
+                                                                / data["modes"]["fine"]["loss"], rel=1e-6)
+    blind = data["ablations"]["blind"]["next_latent"]["modes"]["coarse"]["loss"]
+    assert blind != pytest.approx(data["modes"]["coarse"]["loss"], rel=1e-6)     # the frames were replaced
+    bad = runner.invoke(app, ["eval", str(run.path), "--ablate", "sideways"])
+    assert bad.exit_code == 2 and "choose from" in bad.output

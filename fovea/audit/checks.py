@@ -1000,6 +1000,7 @@ def check_results(ev: "Evidence") -> list[Check]:
                                          held["modes"]["coarse"]["loss"], f"{held['clips']} held-out clips, "
                                          f"{ev.evaluation_origin}", interval=True))
         for name, figures in (held.get("objectives") or {}).items():   # the other objectives, each on its own
+            figures = {**figures, "step": held["step"]}
             if name != primary and figures.get("skill") is not None:
                 checks.append(_for_objective(_learned_check(ev, figures), name))
             if name != primary and figures.get("improvement") is not None:

@@ -34,6 +34,7 @@ from fovea.core.errors import FoveaError
 from fovea.core.split import ClipSet
 
 MODES = ("coarse", "fine", "autoregressive")
+ABLATIONS = ("shuffle_queries", "static_queries", "blind")
 BASELINES = ("mean_latent", "copy_previous")   # next_latent's; caption's are unigram and bigram
 BOOTSTRAP_SAMPLES = 2000
 BOOTSTRAP_SEED = 0
@@ -81,12 +82,43 @@ def _positions(term) -> torch.Tensor:
     return term.detail.get("per_frame", term.per_clip[:, None]).float()
 
 
+@contextlib.contextmanager
+def ablated(model: torch.nn.Module, ablation: str | None):
+    """The model with pass 2's reads ablated (``shuffle_queries``: each clip read with the queries of the next
+    clip in its batch; ``static_queries``: with ``q_static``, as pass 1), or unchanged (None, ``blind``:
+    that one replaces the frames, see ``clip_losses``)."""
+    if ablation not in (None, "blind", *ABLATIONS):
+        raise FoveaError(f"--ablate {ablation!r}: choose from {', '.join(ABLATIONS)}")
+    shift = model.shift_queries
+    if ablation == "shuffle_queries":
+        model.shift_queries = lambda queries: shift(queries).roll(1, dims=0)              # (B, T, D)
+    elif ablation == "static_queries":
+        model.shift_queries = lambda queries: model.q_static.expand_as(queries).to(queries.dtype)
+    try:
+        yield model
+    finally:
+        model.__dict__.pop("shift_queries", None)
+
+
+@torch.no_grad()
+def mean_frame(clips: ClipSet, batch_size: int) -> torch.Tensor:
+    """The mean frame (T, 3, S, S) uint8 of ``clips`` at each frame position (the ``blind`` ablation's input)."""
+    total, count = None, 0
+    for batch in clips.batches(batch_size):
+        frames = batch["frames"].double()                                     # (B, T, 3, S, S)
+        total = frames.sum(0) if total is None else total + frames.sum(0)
+        count += len(frames)
+    return (total / count).round().to(torch.uint8)
+
+
 @torch.no_grad()
 def clip_losses(model: torch.nn.Module, clips: ClipSet, baselines: dict[str, dict[str, Baseline]],
                 modes: Iterable[str] = MODES, batch_size: int = 16, device: torch.device | str = "cpu",
-                dtype: torch.dtype = torch.float32, progress: bool = False) -> dict[str, dict[str, torch.Tensor]]:
+                dtype: torch.dtype = torch.float32, progress: bool = False,
+                blind_frame: torch.Tensor | None = None) -> dict[str, dict[str, torch.Tensor]]:
     """Per objective, the losses (N, K) of every mode and baseline on ``clips`` (K: frames for ``next_latent``,
-    1 for a per-clip loss); ``model`` is left in eval mode.
+    1 for a per-clip loss); ``model`` is left in eval mode. ``blind_frame`` (T, 3, S, S): every clip's frames
+    replaced by it (the ``blind`` ablation; the targets stay the clip's own).
 
     No gradients, no random numbers drawn from the global generators (they are forked), so an
     evaluation in the middle of training changes nothing the training does next.
@@ -104,6 +136,8 @@ def clip_losses(model: torch.nn.Module, clips: ClipSet, baselines: dict[str, dic
             tqdm(total=len(clips), desc="eval", unit="clip", disable=not progress, leave=False) as bar:
         for batch in clips.batches(batch_size):
             frames = batch["frames"].to(device)                                 # (B, T, 3, S, S) uint8
+            if blind_frame is not None:
+                frames = blind_frame.to(device).expand_as(frames)
             latents = batch["latents"].to(device).float()                       # (B, T, C, h, w)
             targets = {k: v.to(device) for k, v in model.prepare(batch).items()}
             if "coarse" in modes or "fine" in modes:
@@ -324,11 +358,49 @@ class TrainedRun:
         return chosen.spread(count or (len(chosen) if split == "val" else max(64, len(self.split.val))))
 
 
+def summarize_ablation(original: dict[str, torch.Tensor], ablated: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """One objective under an ablation, against the same clips unablated (losses (N, K) per mode): the
+    ablated losses, the improvement left ``(coarse - ablated fine) / coarse`` and its share of the original
+    improvement, and the change of the fine loss ``(ablated - fine) / fine``, with paired intervals."""
+    per_clip = {k: v.mean(dim=1) for k, v in original.items()}
+    after = {k: v.mean(dim=1) for k, v in ablated.items()}
+    draws = bootstrap_draws(len(per_clip["fine"]))
+    left = relative_change(per_clip["coarse"], after["fine"], draws)
+    before = float((per_clip["coarse"].double().mean() - per_clip["fine"].double().mean())
+                   / per_clip["coarse"].double().mean())
+    raised = relative_change(per_clip["fine"], after["fine"], draws)
+    return {"modes": {k: {"loss": float(v.double().mean()), "ci95": mean_ci(v, draws)} for k, v in after.items()},
+            "improvement": left, "improvement_left": left["value"] / before if before else None,
+            "fine_change": {"value": -raised["value"], "ci95": [-raised["ci95"][1], -raised["ci95"][0]]}}
+
+
+def evaluate_ablations(model: torch.nn.Module, clips: ClipSet, original: dict[str, dict[str, torch.Tensor]],
+                       ablations: Iterable[str], train: ClipSet, batch_size: int, device, dtype,
+                       progress: bool = False) -> dict[str, dict[str, Any]]:
+    """``eval.json``'s ``ablations``: per ablation and objective, ``summarize_ablation`` against ``original``."""
+    out: dict[str, dict[str, Any]] = {}
+    for ablation in ablations:
+        if ablation not in ABLATIONS:
+            raise FoveaError(f"--ablate {ablation!r}: choose from {', '.join(ABLATIONS)}")
+        size = batch_size
+        if ablation == "shuffle_queries":   # a batch of one clip would read its own queries
+            size = max(2, size)
+            while len(clips) % size == 1:
+                size += 1
+        blind = mean_frame(train, batch_size) if ablation == "blind" else None
+        with ablated(model, ablation):
+            losses = clip_losses(model, clips, {}, ("coarse", "fine"), size, device, dtype, progress, blind)
+        out[ablation] = {name: summarize_ablation(original[name], table) for name, table in losses.items()}
+    return out
+
+
 def evaluate_run(run_dir, split: str = "val", clips: int | None = None, step: int | None = None,
-                 modes: Iterable[str] = MODES, device: str | None = None, progress: bool = True) -> dict[str, Any]:
+                 modes: Iterable[str] = MODES, device: str | None = None, progress: bool = True,
+                 ablations: Iterable[str] = ()) -> dict[str, Any]:
     """Evaluate a run's checkpoint (newest, or of optimizer step ``step``) on its held-out clips (or on
     training clips, ``split="train"``); writes ``eval.json`` (``eval-train.json``) and ``eval.md`` and
-    returns the figures. ``clips``: at most this many, evenly spread (``TrainedRun.clips``).
+    returns the figures. ``clips``: at most this many, evenly spread (``TrainedRun.clips``). ``ablations``
+    (``ABLATIONS``) are evaluated on the same clips and reported under ``ablations.<name>.<objective>``.
     """
     from fovea.core.rundir import checkpoint_step
 
@@ -341,6 +413,12 @@ def evaluate_run(run_dir, split: str = "val", clips: int | None = None, step: in
     modes = [m for m in MODES if m in modes]
     if split not in ("val", "train"):
         raise FoveaError(f"--split {split!r}: choose val (the held-out clips) or train")
+    ablations = list(ablations)
+    for ablation in ablations:
+        if ablation not in ABLATIONS:
+            raise FoveaError(f"--ablate {ablation!r}: choose from {', '.join(ABLATIONS)}")
+    if ablations and not {"coarse", "fine"} <= set(modes):
+        raise FoveaError("--ablate compares with the coarse and fine modes: keep both in --modes")
     opened = TrainedRun.open(run_dir, step, device, progress)
     config, model, run = opened.config, opened.model, opened.run
     chosen = opened.clips(split, clips)
@@ -349,7 +427,11 @@ def evaluate_run(run_dir, split: str = "val", clips: int | None = None, step: in
                          progress)
     result = {"split": split, "step": checkpoint_step(opened.checkpoint), "checkpoint": str(opened.checkpoint),
               **summarize_objectives(losses), "device": str(opened.device),
-              "dtype": str(opened.dtype).replace("torch.", ""), "elapsed_s": time.perf_counter() - started}
+              "dtype": str(opened.dtype).replace("torch.", "")}
+    if ablations:
+        result["ablations"] = evaluate_ablations(model, chosen, losses, ablations, opened.split.train.first(
+            config.eval.baseline_clips), config.eval.batch_size, opened.device, opened.dtype, progress)
+    result["elapsed_s"] = time.perf_counter() - started
     run.write_json(run.eval_file(split).name, result)
     run.write_text(run.eval_file(split).with_suffix(".md").name, render_markdown(result, run.path.name))
     return result
@@ -391,6 +473,26 @@ def headline(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+ABLATION_NOTES = {"shuffle_queries": "pass 2 reads each clip with another clip's queries",
+                  "static_queries": "pass 2 reads with q_static, as pass 1",
+                  "blind": "every frame replaced by the training clips' mean frame"}
+
+
+def ablation_lines(result: dict[str, Any]) -> list[str]:
+    """One line per ablation and objective: the improvement left (and its share), the change of the fine loss."""
+    lines = []
+    for ablation, per_objective in (result.get("ablations") or {}).items():
+        for name, figures in per_objective.items():
+            left, change = figures["improvement"], figures["fine_change"]
+            share = figures["improvement_left"]
+            lines.append(f"{ablation} ({ABLATION_NOTES[ablation]}), {name}: improvement left "
+                         f"{100 * left['value']:+.2f} % (95 % CI {100 * left['ci95'][0]:+.2f} … "
+                         f"{100 * left['ci95'][1]:+.2f} %)" + ("" if share is None else f", {share:.2f} of it")
+                         + f"; fine loss {100 * change['value']:+.2f} % (95 % CI {100 * change['ci95'][0]:+.2f} … "
+                         f"{100 * change['ci95'][1]:+.2f} %)")
+    return lines
+
+
 UNITS = {"next_latent": "MSE per clip", "caption": "cross-entropy per caption token (nats), mean per clip"}
 
 
@@ -418,4 +520,6 @@ def render_markdown(result: dict[str, Any], title: str) -> str:
             for group in ("modes", "baselines"):
                 for key, entry in figures[group].items():
                     lines.append(f"| {key} | " + " | ".join(format_number(v, 4) for v in entry["per_frame"]) + " |")
+    if result.get("ablations"):
+        lines += ["", "## Ablations (the same clips)", "", *[f"- {line}" for line in ablation_lines(result)]]
     return "\n".join(lines) + "\n"

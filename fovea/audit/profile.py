@@ -79,12 +79,13 @@ def measure_micro_batch(state, batch: dict[str, torch.Tensor]) -> tuple[float, f
         weights.update(_storage(p) for p in module.parameters(recurse=False))
 
     frames, latents = batch["frames"].to(state.device), batch["latents"].to(state.device)
+    targets = {k: v.to(state.device) for k, v in state.module.prepare(batch).items()}
     hooks = [module.register_forward_pre_hook(note_weights) for module in state.module.modules()]
     try:
         with FlopCounterMode(display=False) as counter:
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), \
                     torch.autocast(state.device.type, dtype=state.dtype, enabled=state.dtype != torch.float32):
-                out = state.model(frames, latents)
+                out = state.model(frames, latents, targets)
             out.loss.backward()
     finally:
         for hook in hooks:

@@ -62,11 +62,15 @@ def visualize(run_dir: str | Path, clips: int = 2) -> list[Path]:
         load_weights(model, checkpoint)
         vae, _, _ = load_run_vae(run, config, data_report)
         frames, latents = read_clips(config, data_report, vae, clips)
+        # the queries come before any text in the sequence: a stand-in caption leaves the attention as it is
+        targets = model.prepare({"captions": ["a stand-in caption"] * len(frames)}) if model.codec is not None else {}
         with torch.no_grad():
-            out = model(frames, latents, return_attention=True)
-            coarse = decode(vae, out.pred_coarse)                              # (B, T, 3, S, S) in [0, 1]
-            fine = decode(vae, out.pred_fine)
-            reconstructed = decode(vae, latents)
+            out = model(frames, latents, targets, return_attention=True)
+            predicted = out.pred_fine is not None                              # the run trains next_latent
+            if predicted:
+                coarse = decode(vae, out.pred_coarse)                          # (B, T, 3, S, S) in [0, 1]
+                fine = decode(vae, out.pred_fine)
+                reconstructed = decode(vae, latents)
 
     out_dir = run.path / VIZ_DIR
     out_dir.mkdir(exist_ok=True)
@@ -77,8 +81,9 @@ def visualize(run_dir: str | Path, clips: int = 2) -> list[Path]:
     for i in range(len(frames)):
         written.append(plot_attention(out_dir / f"attention_clip{i}.png", frames[i], out.attention_static[i],
                                       out.attention_dynamic[i], model.encoder.num_prefix_tokens, grid, i))
-        written.append(plot_predictions(out_dir / f"predictions_clip{i}.png", frames[i], reconstructed[i],
-                                        coarse[i], fine[i], i))
+        if predicted:
+            written.append(plot_predictions(out_dir / f"predictions_clip{i}.png", frames[i], reconstructed[i],
+                                            coarse[i], fine[i], i))
     written.append(plot_losses(out_dir / "losses.png", metrics, run.path.name))
     written.append(plot_entropy(out_dir / "entropy.png", metrics, out.attention_static.shape[-1], run.path.name))
     if config.run.tensorboard:

@@ -34,7 +34,8 @@ MISSING = "—"   # a figure a run lacks, or a config key it lacks (its value is
 
 @dataclass
 class RunFigures:
-    """What one run contributes: its flattened config, seed, eval.json, summary.json and held-out curve."""
+    """What one run contributes: its flattened config, seed, eval.json (the top level: the primary objective's
+    figures), summary.json and held-out curve."""
 
     run: RunDir
     config: dict[str, Any]            # dotted key -> value (lists as tuples)
@@ -50,10 +51,8 @@ class RunFigures:
         return (entry["loss"], entry["ci95"]) if entry else None
 
     def baseline(self) -> tuple[str, float] | None:
-        if not self.evaluation:
-            return None
-        name = self.evaluation["best_baseline"]
-        return name, self.evaluation["baselines"][name]["loss"]
+        name = (self.evaluation or {}).get("best_baseline")   # None: the objective has no trivial baseline
+        return (name, self.evaluation["baselines"][name]["loss"]) if name else None
 
     def improvement(self) -> tuple[float, list[float]] | None:
         entry = (self.evaluation or {}).get("improvement")

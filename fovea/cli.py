@@ -297,6 +297,84 @@ def viz_command(
         typer.echo(f"wrote {path}")
 
 
+@app.command("sweep")
+@user_errors
+def sweep_command(
+    config: Optional[Path] = typer.Argument(None, help="A TOML config, e.g. configs/quickstart.toml.",
+                                            show_default=False),
+    grid: List[str] = typer.Option([], "--grid", metavar="KEY=V1,V2",
+                                   help="Values of one config key to sweep, comma-separated, typed like --set "
+                                   "values (repeatable: the runs are the cross product)."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", metavar="N", min=1,
+                                        help="Train every grid point with run.seed = 0 .. N-1."),
+    jobs: int = typer.Option(1, "--jobs", metavar="J", min=1, help="Runs trained at a time (their output goes "
+                             "to the sweep's logs/ when J > 1)."),
+    overrides: List[str] = SetOption,
+    sweeps_dir: Path = typer.Option(Path("sweeps"), "--sweeps-dir", help="Where sweep directories go."),
+    new: bool = typer.Option(False, "--new", help="Start a new sweep even if this one was started before."),
+    resume: Optional[Path] = typer.Option(None, "--resume", metavar="SWEEP_DIR|latest",
+                                          help="Continue this sweep, as recorded in its sweep.json."),
+) -> None:
+    """Train the cross product of --grid values (x --seeds), evaluate each run, then compare them.
+
+    Writes sweeps/<timestamp>-<name>/ (sweep.json, the runs under runs/) and points sweeps/latest at it.
+    Resumable: the same command again skips finished runs, resumes interrupted ones and evaluates what
+    is not evaluated (README "Sweeps and comparisons").
+    """
+    from fovea.compare import compare, print_table
+    from fovea.sweep import SweepDir, SweepInterrupted, failures, plan_sweep, run_sweep, start_sweep
+
+    if resume is not None:
+        if config is not None or grid or seeds is not None or overrides or new:
+            raise FoveaError("--resume continues a sweep as its sweep.json records it: give no CONFIG, --grid, "
+                             "--seeds, --set or --new")
+        sweep = SweepDir.open(sweeps_dir / "latest" if str(resume) == "latest" else resume)
+        typer.echo(f"continuing the sweep {sweep.path}")
+    elif config is None:
+        raise FoveaError("give a CONFIG and --grid KEY=V1,V2 to start a sweep, or --resume SWEEP_DIR|latest")
+    else:
+        if not grid and seeds is None:
+            raise FoveaError("nothing to sweep: give --grid KEY=V1,V2 (repeatable) and/or --seeds N")
+        plan = plan_sweep(config, grid, seeds, overrides)
+        sweep = start_sweep(plan, sweeps_dir, new=new, echo=typer.echo)
+    try:
+        record = run_sweep(sweep, jobs, echo=typer.echo)
+    except SweepInterrupted as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(code=128 + exc.signal_number) from None
+    if any(run is not None for _, run in sweep.runs()):
+        print_table(compare([sweep.path]))
+    typer.echo(f"sweep: {sweep.path} ({record['status']}); compare again with `fovea compare {sweep.path}`")
+    failed = failures(record)
+    if failed:
+        raise FoveaError(f"{len(failed)} of {len(record['runs'])} runs failed: {'; '.join(failed)}. Fix the cause "
+                         f"and run the same command again: it retries them and keeps the rest")
+
+
+@app.command("compare")
+@user_errors
+def compare_command(
+    paths: List[Path] = typer.Argument(..., metavar="RUN_OR_SWEEP...", show_default=False,
+                                       help="Run directories and sweep directories (runs/latest, sweeps/latest "
+                                       "work); a sweep stands for its runs."),
+    md: Optional[Path] = typer.Option(None, "--md", metavar="FILE", help="Also write the table as Markdown."),
+    plot_file: Optional[Path] = typer.Option(None, "--plot", metavar="FILE",
+                                             help="Also draw a PNG: improvement per setting with error bars, "
+                                             "held-out loss curves."),
+) -> None:
+    """Compare runs: one row per setting (the config keys that differ), held-out losses of each mode,
+    improvement and skill (mean ± s.d. over seeds, each run's 95 % interval), samples/s and steps."""
+    from fovea.compare import compare, plot, print_table, render_markdown
+
+    comparison = compare(paths)
+    print_table(comparison)
+    if md is not None:
+        md.write_text(render_markdown(comparison), encoding="utf-8")
+        typer.echo(f"wrote {md}")
+    if plot_file is not None:
+        typer.echo(f"wrote {plot(comparison, plot_file)}")
+
+
 def main() -> None:
     app()
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from fovea.core.config import FoveaConfig, config_to_toml
+from fovea.core.config import FoveaConfig, config_to_toml, read_toml
 from fovea.core.errors import FoveaError
 
 CHECKPOINT_INFO = "checkpoint.json"   # written last into a checkpoint directory
@@ -171,6 +171,18 @@ class RunDir:
         if not isinstance(data, dict):
             raise FoveaError(f"{path}: expected a JSON object, got {type(data).__name__}")
         return data
+
+    def read_config_table(self) -> dict[str, Any]:
+        """``config.toml`` as the nested table it holds (no plugin needs to be installed to read it)."""
+        return read_toml(self.config_file)
+
+    def read_summary(self) -> dict[str, Any] | None:
+        """``summary.json``: ``None`` while the run has not finished."""
+        return self.read_json(self.summary_file)
+
+    def read_eval(self, split: str = "val") -> dict[str, Any] | None:
+        """``eval.json`` (``eval-train.json``) as `fovea eval` wrote it; ``None`` if it never ran."""
+        return self.read_json(self.eval_file(split))
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         with self.metrics_file.open("a", encoding="utf-8") as f:

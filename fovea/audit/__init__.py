@@ -18,10 +18,16 @@ def audit_run(run_dir, spec_path=None, groups=None):
 
 
 def write_report(evidence, checks) -> None:
-    """Write ``audit.md`` and ``audit.json`` into the run directory (atomically)."""
+    """Write ``audit.md`` and ``audit.json`` into the run directory (atomically), and give the verdict
+    counts and each section's status to the run's experiment trackers (``[run] trackers``)."""
+    from fovea.audit.report import to_json
     from fovea.audit.report import write_report as _write_report
+    from fovea.core.trackers import flat_values, report_to_trackers
 
     _write_report(evidence, checks)
+    report = to_json(evidence, checks)
+    report_to_trackers(evidence.run, evidence.config,
+                       values=flat_values({"counts": report["counts"], "sections": report["sections"]}, "audit/"))
 
 
 def print_table(evidence, checks, console=None) -> None:

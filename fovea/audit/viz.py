@@ -86,8 +86,7 @@ def visualize(run_dir: str | Path, clips: int = 2) -> list[Path]:
                                             coarse[i], fine[i], i))
     written.append(plot_losses(out_dir / "losses.png", metrics, run.path.name))
     written.append(plot_entropy(out_dir / "entropy.png", metrics, out.attention_static.shape[-1], run.path.name))
-    if config.run.tensorboard:
-        log_figures(run, written, metrics[-1]["step"])
+    log_figures(run, config, written)
     return written
 
 
@@ -254,14 +253,9 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def log_figures(run: RunDir, paths: list[Path], step: int) -> None:
-    """The figures as TensorBoard images (``viz/<name>``) at the run's last logged step."""
-    import numpy as np
-    from PIL import Image
+def log_figures(run: RunDir, config, paths: list[Path]) -> None:
+    """The figures as images (``viz/<name>``) in the run's experiment trackers (``[run] trackers``), after its
+    last step; a tracker that fails is a warning (the PNGs are written)."""
+    from fovea.core.trackers import report_to_trackers
 
-    from fovea.core.tensorboard import open_writer
-
-    with open_writer(run.path) as writer:
-        for path in paths:
-            image = np.asarray(Image.open(path).convert("RGB"))                # (H, W, 3) uint8
-            writer.add_image(f"viz/{path.stem}", image, step, dataformats="HWC")
+    report_to_trackers(run, config, images={f"{VIZ_DIR}/{path.stem}": path for path in paths})

@@ -58,8 +58,19 @@ class RunConfig(Section):
     """Show a progress bar with the live losses."""
     spec: str | None = None
     """The spec ``fovea audit`` checks this run against (a TOML file); unset: configs/spec/foveated_vlm.toml."""
+    trackers: list[str] = []
+    """Experiment trackers (registered trackers) that get the resolved config, every ``metrics.jsonl`` row,
+    ``summary.json``, ``fovea audit``'s verdict counts and ``fovea viz``'s figures: ``tensorboard``, ``wandb``,
+    ``mlflow``, or a plugin's; each needs its extra (``pip install 'fovea[wandb]'``). Their options:
+    ``[trackers.NAME]``. Empty: none (the run directory is the record either way)."""
     tensorboard: bool = False
-    """Also write the logged scalars (and ``fovea viz``'s figures) to ``<run>/tensorboard/`` (needs ``pip install fovea[tensorboard]``)."""
+    """Alias of ``"tensorboard"`` in ``trackers``: the scalars and figures also go to ``<run>/tensorboard/``."""
+
+    @property
+    def active_trackers(self) -> list[str]:
+        """``trackers``, with ``tensorboard`` added when the ``tensorboard = true`` alias asks for it."""
+        names = list(dict.fromkeys(self.trackers))
+        return names + ["tensorboard"] if self.tensorboard and "tensorboard" not in names else names
 
 
 class DataConfig(PluginTable):
@@ -100,6 +111,9 @@ class LLMConfig(Section):
     """Architecture for random init when ``pretrained`` is unset; ``tiny`` is the debug size."""
     trainable: bool = True
     """Train the LLM's weights (SPEC: true)."""
+    activation_checkpointing: bool = False
+    """Keep only each decoder layer's input for backward and recompute the layer there (non-reentrant
+    ``torch.utils.checkpoint``): less activation memory for about one more forward of the LLM."""
 
     @model_validator(mode="after")
     def _gguf_file_in_a_directory(self):
@@ -143,6 +157,17 @@ class VAEConfig(Section):
             raise ValueError(f"init = {self.init!r} initialises a VAE without weights, and pretrained names weights: "
                              f"set model.vae.init = 'random' to load them, or unset model.vae.pretrained")
         return self
+
+
+class TrackerTable(PluginTable):
+    """``[trackers.NAME]``: the options of one experiment tracker (a registered tracker); ``run.trackers`` turns it on."""
+
+    _name: str = PrivateAttr(default="")
+
+    @property
+    def name(self) -> str:
+        """The tracker's registered name: the table's key under ``[trackers]``."""
+        return self._name
 
 
 class ObjectiveTable(PluginTable):
@@ -199,6 +224,12 @@ class TrainingConfig(Section):
     """Keep this many of the newest checkpoints in ``checkpoints/``; older ones are deleted."""
     on_nonfinite: Literal["stop", "skip"] = "stop"
     """A step with a NaN/inf loss or gradient never updates the weights; then ``stop`` the run, or ``skip`` it."""
+    compile: bool = False
+    """``torch.compile`` the encoder's blocks (the deep encoder's query reads included), the LLM's decoder
+    layers and the head for training; weights and checkpoints keep their names."""
+    compile_backend: str = "inductor"
+    """The ``torch.compile`` backend when ``compile`` is on: ``inductor`` (generated kernels), or e.g.
+    ``aot_eager`` to check the graphs quickly without generating code (what the CPU tests use)."""
 
 
 class PrecisionConfig(Section):
@@ -253,12 +284,19 @@ class FoveaConfig(Section):
     """``[objectives.NAME]``: what the model is trained to predict, each with a ``weight``: ``next_latent``
     (SPEC phase 1, the default), ``caption``, or a plugin's. A config with an ``[objectives]`` table trains
     exactly the objectives it lists."""
+    trackers: dict[str, TrackerTable] = {}
+    """``[trackers.NAME]``: options of the experiment trackers ``run.trackers`` names (e.g. ``[trackers.wandb]
+    project = "fovea"``); a tracker without a table takes its defaults."""
 
     @model_validator(mode="after")
     def _name_objectives(self):
         if not self.objectives:
             raise ValueError("[objectives] lists no objective; add e.g. [objectives.next_latent]")
         for name, table in self.objectives.items():
+            table._name = name
+        for name in self.run.active_trackers:
+            self.trackers.setdefault(name, TrackerTable())
+        for name, table in self.trackers.items():
             table._name = name
         return self
 
@@ -269,6 +307,8 @@ class FoveaConfig(Section):
         yield "model.head", "head", self.model.head
         for name, table in self.objectives.items():
             yield f"objectives.{name}", "objective", table
+        for name, table in self.trackers.items():
+            yield f"trackers.{name}", "tracker", table
 
     @property
     def effective_batch_size(self) -> int:
@@ -350,7 +390,8 @@ def resolve_plugins(config: FoveaConfig, source: str = "config") -> None:
         try:
             part = get_part(kind, table.name)
         except FoveaError as exc:
-            raise ConfigError(f"{source}: {path}.name: {exc}") from None
+            where = "run.trackers" if kind == "tracker" else f"{path}.name"
+            raise ConfigError(f"{source}: {where}: {exc}") from None
         options = dict(table.model_extra or {})
         config_cls = part.cls.Config
         unknown = [key for key in options if key not in config_cls.model_fields]

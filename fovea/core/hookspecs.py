@@ -16,6 +16,10 @@ Parts and their contracts (README, "Writing a plugin"):
   ``typing.Protocol``, checked when the part registers): ``prepare(batch)`` -> the tensors it reads,
   ``suffix(model, targets)`` -> embeddings the LLM reads after the frames (or None), ``loss(model,
   states, latents, targets)`` -> a ``Term`` (per-clip losses) for one pass.
+- **tracker**: an experiment tracker with a nested ``Config``, built as ``cls(config)``; the contract is
+  ``fovea.core.trackers.Tracker`` (checked when the part registers): ``require(config)`` (raise
+  ``FoveaError`` when its library is missing), ``start(session)`` -> the record kept in the run directory
+  (its run id), ``log_metrics(row)``, ``log_summary(values, step)``, ``log_images(images, step)``, ``finish(status)``.
 - **loader**: a clip source with a nested ``Config``, built as ``cls(config, num_frames=...,
   frame_size=..., seed=...)``; ``len(source)`` clips, ``source[i]`` -> uint8 frames ``(T, 3, S, S)``.
 """
@@ -67,4 +71,14 @@ def fovea_register_objectives(register: Register) -> None:
 
     An objective turns one pass's LLM hidden states into a loss per clip; it is evaluated on both passes
     (``<name>_coarse`` from pass 1, ``<name>_fine`` from pass 2) and weighted by ``[objectives.<name>] weight``.
+    """
+
+
+@hookspec
+def fovea_register_trackers(register: Register) -> None:
+    """Register experiment trackers: ``register("name", TrackerClass)``.
+
+    A tracker copies what a run records (its config, every ``metrics.jsonl`` row, ``summary.json``, the
+    audit's verdict counts, ``fovea viz``'s figures) to an experiment-tracking service; ``[run] trackers``
+    turns it on. The run directory keeps the tracker's run id, so a resumed run continues the same tracker run.
     """

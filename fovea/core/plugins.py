@@ -30,6 +30,9 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "fovea.plugins.data.videos",
     "fovea.plugins.objectives.next_latent",
     "fovea.plugins.objectives.caption",
+    "fovea.plugins.trackers.tensorboard",
+    "fovea.plugins.trackers.wandb",
+    "fovea.plugins.trackers.mlflow",
 )
 ENTRY_POINT_GROUP = "fovea"
 LOAD_PLUGINS_ENV = "FOVEA_PLUGINS"
@@ -41,14 +44,16 @@ HOOKS: dict[str, str] = {
     "head": "fovea_register_heads",
     "loader": "fovea_register_loaders",
     "objective": "fovea_register_objectives",
+    "tracker": "fovea_register_trackers",
 }
 
 
 def contracts() -> dict[str, type]:
     """kind -> the ``typing.Protocol`` a part of that kind must keep (checked when it registers)."""
     from fovea.core.objectives import Objective
+    from fovea.core.trackers import Tracker
 
-    return {"objective": Objective}
+    return {"objective": Objective, "tracker": Tracker}
 
 
 def missing_members(cls: type, protocol: type) -> list[str]:
@@ -173,7 +178,7 @@ def failed_plugins() -> dict[str, str]:
 
 
 def get_parts(kind: str) -> dict[str, Part]:
-    """All registered parts of one kind ("encoder", "head", "loader" or "objective"), by name."""
+    """All registered parts of one kind ("encoder", "head", "loader", "objective" or "tracker"), by name."""
     global _parts
     if _parts is None:
         _parts = _collect_parts(get_plugin_manager())

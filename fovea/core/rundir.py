@@ -6,7 +6,9 @@ directory is always complete, see ``fovea.core.checkpoint``), ``nonfinite.jsonl`
 or gradient was NaN/inf, with their clips), ``data_report.json`` (the clip cache used, the VAE of its
 targets, skipped files and why), ``split.json`` (the held-out clips), ``summary.json`` (once the run
 finished); ``profile.json`` (``fovea profile``), ``eval.json``/``eval.md`` (``fovea eval``) and
-``audit.md``/``audit.json`` (``fovea audit``) when those ran. ``metrics.jsonl`` holds training rows and,
+``audit.md``/``audit.json`` (``fovea audit``) when those ran; ``trackers.json`` (each experiment tracker's
+record of its run: the id a resumed run continues) and a tracker's local files in ``<run>/<tracker>/``
+(``tensorboard/``, ``wandb/``) with ``[run] trackers``. ``metrics.jsonl`` holds training rows and,
 marked ``"split": "val"``, the held-out evaluations made during training.
 ``<output_dir>/latest`` is a relative symlink to the newest run.
 """
@@ -48,6 +50,19 @@ class RunDir:
     env_file = property(lambda self: self.path / "env.json")
     profile_file = property(lambda self: self.path / "profile.json")   # written by `fovea profile`
     split_file = property(lambda self: self.path / "split.json")       # the held-out clips
+    trackers_file = property(lambda self: self.path / "trackers.json") # each tracker's run id, continued on resume
+
+    def tracker_dir(self, name: str) -> Path:
+        """Where the tracker ``name`` keeps its local files (``tensorboard/``, ``wandb/``)."""
+        return self.path / name
+
+    def read_trackers(self) -> dict[str, dict[str, Any]]:
+        """``trackers.json``: tracker name -> the record its ``start`` returned (``{}`` before any tracker ran)."""
+        return self.read_json(self.trackers_file) or {}
+
+    def write_trackers(self, records: dict[str, dict[str, Any]]) -> None:
+        """Keep the trackers' records (merged into the ones already kept), atomically."""
+        self.write_json(self.trackers_file.name, {**self.read_trackers(), **records})
 
     def eval_file(self, split: str = "val") -> Path:
         """``eval.json`` (held-out clips) or ``eval-train.json``, written by `fovea eval`."""

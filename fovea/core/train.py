@@ -265,11 +265,10 @@ def train(config: FoveaConfig, resume: RunDir | None = None, force: bool = False
     from fovea.core.loader import build_loader, sample_position, shutdown
     from fovea.core.model import build_model
     from fovea.core.split import build_split
-    from fovea.core.tensorboard import open_writer, require_tensorboard
+    from fovea.core.trackers import RunTrackers, require_trackers
 
     with contextlib.ExitStack() as stack:
-        if config.run.tensorboard:
-            require_tensorboard()
+        require_trackers(config)   # a tracker's missing package: before anything is built or written
         device = resolve_device(config.run.device)
         world = stack.enter_context(distributed.process_group(config.distributed.backend, device))
         checkpoint = kept_metrics = None
@@ -325,14 +324,52 @@ def train(config: FoveaConfig, resume: RunDir | None = None, force: bool = False
             run.write_json(run.split_file.name, split.record())
             run.mark_latest()
 
+        # The trackers start before the run directory is touched: one that cannot start stops the run here
+        # (a new run's directory is removed again), and a resumed run is left as it was.
+        started: list[RunTrackers] = []
+        distributed.on_main(lambda: started.append(open_trackers(config, run, checkpoint, kept_metrics)))
+        trackers = started[0] if started else RunTrackers()
         distributed.on_main(open_run)
-        writer = stack.enter_context(open_writer(run.path)) if config.run.tensorboard and world.is_main else None
         stop = stack.enter_context(stop_on_signals())
-        optimize(state, loader, run, progress, cache.clip_info, stop, writer, evaluator)
-        distributed.on_main(lambda: run.write_json("summary.json", summarize(
-            config, model, len(split.train), run.read_metrics(), progress.elapsed_s, progress.skipped,
-            world.world_size, run.read_metrics("val"))))
+        try:
+            optimize(state, loader, run, progress, cache.clip_info, stop, trackers, evaluator)
+
+            def finish_run() -> None:
+                from fovea.core.trackers import flat_values
+
+                summary = summarize(config, model, len(split.train), run.read_metrics(), progress.elapsed_s,
+                                    progress.skipped, world.world_size, run.read_metrics("val"))
+                run.write_json("summary.json", summary)
+                trackers.log_summary(flat_values(summary, "summary/"), config.training.max_steps)
+
+            distributed.on_main(finish_run)
+        except BaseException as exc:
+            trackers.finish("interrupted" if isinstance(exc, (RunInterrupted, KeyboardInterrupt)) else "failed")
+            raise
+        trackers.finish("finished")
     return run
+
+
+def open_trackers(config: FoveaConfig, run: RunDir, checkpoint, kept_metrics: list[dict] | None):
+    """The run's experiment trackers, started (rank 0). A resumed run's (``kept_metrics``: the rows
+    ``metrics.jsonl`` keeps up to ``checkpoint``) continue their own tracker runs and are handed those rows
+    again, so a tracker that lost what it had not flushed when the run was killed gets them back (each logs
+    only steps its run does not hold). A tracker that cannot start is a ``FoveaError``, and a new run's
+    directory is removed: a run that cannot start leaves nothing behind."""
+    import shutil
+
+    from fovea.core.trackers import start_trackers
+
+    fresh = kept_metrics is None
+    try:
+        trackers = start_trackers(config, run, resume_step=None if fresh else checkpoint.step)
+    except FoveaError:
+        if fresh:
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
+    for row in kept_metrics or []:
+        trackers.log_metrics(row)
+    return trackers
 
 
 def held_out_on_resume(run: RunDir, split):
@@ -380,11 +417,11 @@ def find_run_to_resume(target: str, config_path: Path | None, overrides: Iterabl
 
 def optimize(state: TrainState, loader, run: RunDir, progress: Progress,
              clip_info: Callable[[], list[dict]] | None = None, stop: StopRequest | None = None,
-             writer=None, evaluator=None) -> None:
+             trackers=None, evaluator=None) -> None:
     """The optimisation loop from ``progress.step`` to ``max_steps``; writes metrics and checkpoints into ``run``.
 
     Each metrics line also holds the attention statistics of its own step's batch (``STAT_KEYS``);
-    ``writer`` (a TensorBoard ``SummaryWriter``) gets the line's numbers as scalars too. Under torchrun
+    ``trackers`` (``fovea.core.trackers.RunTrackers``, rank 0's) get every line too. Under torchrun
     every rank runs the loop and rank 0 writes: losses are means over ranks, ``samples_per_s`` counts the
     global batch, ``data_wait_share`` is the largest rank's, and a signal to any rank stops all at one step.
     ``evaluator`` (``fovea.core.evaluation.Evaluator``) adds a held-out row (``"split": "val"``) every
@@ -395,8 +432,6 @@ def optimize(state: TrainState, loader, run: RunDir, progress: Progress,
 
     from fovea.core import distributed
     from fovea.core.checkpoint import save_checkpoint
-    from fovea.core.tensorboard import log_scalars
-
     config, t = state.config, state.config.training
     world = distributed.current()
     global_batch = config.global_batch_size(world.world_size)
@@ -448,8 +483,8 @@ def optimize(state: TrainState, loader, run: RunDir, progress: Progress,
                           **{k: v for k, v in losses_logged.items() if k not in record_keys}}
                 if world.is_main:
                     run.append_metrics(record)
-                if writer is not None:
-                    log_scalars(writer, record)
+                    if trackers is not None:
+                        trackers.log_metrics(record)
                 if n:
                     postfix.update(fine=f"{loss_fine:.4g}", coarse=f"{loss_coarse:.4g}")
                     bar.set_postfix(postfix)
@@ -460,8 +495,8 @@ def optimize(state: TrainState, loader, run: RunDir, progress: Progress,
                 held_out = evaluator(state.module, step)
                 if world.is_main:
                     run.append_metrics(held_out)
-                if writer is not None:
-                    log_scalars(writer, held_out)
+                    if trackers is not None:
+                        trackers.log_metrics(held_out)
                 postfix.update(val_fine=f"{held_out['loss_fine']:.4g}", skill=f"{held_out['skill']:.2f}"
                                if held_out["skill"] is not None else "—")
                 bar.set_postfix(postfix)

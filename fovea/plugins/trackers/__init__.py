@@ -1,0 +1,1 @@
+"""Built-in experiment trackers: tensorboard, wandb, mlflow (each an optional extra)."""

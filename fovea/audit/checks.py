@@ -931,6 +931,7 @@ def check_training(ev: "Evidence") -> list[Check]:
         recommendation="" if same else f"`dtype = \"{ev.spec.precision.dtype}\"`"))
     _merge_recommendations(checks, "use the spec's values for a run meant to test it (configs/phase1.toml has "
                                    "them), or record why this run changed them: {}")
+    checks.append(check_execution(config))
 
     clips = ev.summary.get("num_clips") or (ev.data_report or {}).get("num_clips")
     if not isinstance(clips, (int, float)) or clips <= 0:
@@ -954,6 +955,26 @@ def check_training(ev: "Evidence") -> list[Check]:
                                       f"or fewer steps (≤ {int(clips * spec.max_epochs // batch)})"),
         label="" if ok else "SEVERAL EPOCHS", measurements={"epochs": epochs, "num_clips": clips}))
     return checks
+
+
+def check_execution(config) -> Check:
+    """How the run's step ran (``torch.compile``, activation checkpointing): ℹ️, neither changes what is learned."""
+    from fovea.core.compile import checkpointed_parts
+
+    training = config.training
+    checkpointed = checkpointed_parts(config)
+    compiled = f"on ({training.compile_backend})" if training.compile else "off"
+    observed = (f"torch.compile {compiled}; activation checkpointing: encoder "
+                f"{'on' if checkpointed['encoder'] else 'off'}, LLM {'on' if checkpointed['llm'] else 'off'}")
+    return Check(
+        "training.execution", "Compilation and activation checkpointing", "training", "info",
+        expected="any (the spec does not say; the same losses either way, within float rounding)",
+        observed=observed,
+        evidence="[training] compile, [model.encoder] and [model.llm] activation_checkpointing in config.toml",
+        reason="speed and memory only: activation checkpointing trades about one more forward of a component for "
+               "its activations, compilation trades compile time for faster steps",
+        measurements={"compile": training.compile, "compile_backend": training.compile_backend,
+                      "activation_checkpointing": checkpointed})
 
 
 # --------------------------------------------------------------------------- 6. results

@@ -61,16 +61,51 @@ def instrument(model: torch.nn.Module, timer: PhaseTimer) -> Iterator[None]:
             handle.remove()
 
 
-def measure_micro_batch(state, batch: dict[str, torch.Tensor]) -> tuple[float, float]:
+class PartTracker:
+    """Which part of the model is running now, told by ``instrument`` as a ``PhaseTimer`` would be (a stack of
+    phases): ``part`` is ``encoder`` (encode, both attends), ``llm``, ``head``, or ``other``."""
+
+    def __init__(self):
+        self.stack: list[str] = []
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        self.start(phase)
+        try:
+            yield
+        finally:
+            self.stop(phase)
+
+    def start(self, phase: str) -> None:
+        self.stack.append("encoder" if phase == "encode" or phase.startswith("attend") else phase)
+
+    def stop(self, phase: str) -> None:
+        self.stack.pop()
+
+    @property
+    def part(self) -> str:
+        return self.stack[-1] if self.stack else "other"
+
+
+ACTIVATION_PARTS = ("encoder", "llm", "head", "other")
+
+
+def measure_micro_batch(state, batch: dict[str, torch.Tensor]) -> tuple[float, dict[str, float]]:
     """FLOPs of one micro-batch's forward and backward (what runs: frozen parts get no weight gradients),
-    and the bytes of the tensors autograd saved for backward: the activations, measured on any device."""
+    and the bytes of the tensors autograd saved for backward — the activations, measured on any device — by
+    the part that saved them (``ACTIVATION_PARTS``). Under activation checkpointing a block saves only its
+    inputs (what ``torch.utils.checkpoint`` keeps to run it again), so this shows what checkpointing saves.
+    Compiled parts run eagerly here (a compiled graph hides what it saves from these hooks)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    saved: dict[int, int] = {}
+    from fovea.core.compile import eager
+
+    saved: dict[int, tuple[int, str]] = {}
+    parts = PartTracker()
 
     def pack(tensor: torch.Tensor):
         storage = tensor.untyped_storage()
-        saved[storage.data_ptr()] = storage.nbytes()   # a storage saved twice is held once
+        saved.setdefault(storage.data_ptr(), (storage.nbytes(), parts.part))   # a storage saved twice is held once
         return tensor
 
     weights = {_storage(p) for p in state.module.parameters()}   # FSDP2: the local shards
@@ -82,7 +117,7 @@ def measure_micro_batch(state, batch: dict[str, torch.Tensor]) -> tuple[float, f
     targets = {k: v.to(state.device) for k, v in state.module.prepare(batch).items()}
     hooks = [module.register_forward_pre_hook(note_weights) for module in state.module.modules()]
     try:
-        with FlopCounterMode(display=False) as counter:
+        with eager(), instrument(state.module, parts), FlopCounterMode(display=False) as counter:
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), \
                     torch.autocast(state.device.type, dtype=state.dtype, enabled=state.dtype != torch.float32):
                 out = state.model(frames, latents, targets)
@@ -91,8 +126,11 @@ def measure_micro_batch(state, batch: dict[str, torch.Tensor]) -> tuple[float, f
         for hook in hooks:
             hook.remove()
     state.model.zero_grad(set_to_none=True)
-    activations = sum(size for ptr, size in saved.items() if ptr not in weights)   # weights are not activations
-    return float(counter.get_total_flops()), float(activations)
+    by_part = dict.fromkeys(ACTIVATION_PARTS, 0.0)
+    for ptr, (size, part) in saved.items():
+        if ptr not in weights:                        # weights are not activations
+            by_part[part] += size
+    return float(counter.get_total_flops()), by_part
 
 
 def _storage(tensor: torch.Tensor) -> int:
@@ -198,7 +236,8 @@ def _profile_steps(config: FoveaConfig, device: torch.device, world, steps: int,
 
     shards = world.world_size if distributed.is_sharded(state.model) else 1
     report = summarize(config, model, device, per_step, sampler.summary(), flops * config.training.grad_accum,
-                       activations, steps, warmup, world.world_size, shards)
+                       sum(activations.values()), steps, warmup, world.world_size, shards)
+    report["memory"]["activations_saved_by_part_gb"] = {part: size / GB for part, size in activations.items()}
     report["memory"]["largest_batch_that_fits"] = largest
     return report
 
@@ -236,6 +275,7 @@ def summarize(config: FoveaConfig, model, device: torch.device, per_step: list[d
                   "world_size": world_size, "global_batch": clips,
                   "num_frames": config.data.num_frames, "frame_size": config.data.frame_size,
                   "dtype": config.precision.dtype, "num_workers": config.data.num_workers},
+        "execution": execution_settings(config),
         "step_s": step,
         "phases_s": phases,
         "phase_share": share,
@@ -252,6 +292,15 @@ def summarize(config: FoveaConfig, model, device: torch.device, per_step: list[d
         "per_step": per_step,
     }
     return report
+
+
+def execution_settings(config: FoveaConfig) -> dict[str, Any]:
+    """How the step ran: ``torch.compile`` (and its backend) and activation checkpointing per component."""
+    from fovea.core.compile import checkpointed_parts
+
+    return {"compile": config.training.compile,
+            "compile_backend": config.training.compile_backend if config.training.compile else None,
+            "activation_checkpointing": checkpointed_parts(config)}
 
 
 def _gpu_util(resources: dict[str, Any]) -> float | None:
@@ -367,6 +416,11 @@ def render_table(report: dict[str, Any]) -> None:
     util_text = "no GPU" if util is None else f"{util:.0f}%"
     console.print(f"samples/s {report['samples_per_s']:.1f}  frames/s {report['frames_per_s']:.1f}  "
                   f"data wait {report['data_wait_share']:.1%}  MFU {mfu_text}  GPU util {util_text}")
+    memory = report["memory"]
+    parts = "  ".join(f"{part} {size:.3f}" for part, size in memory.get("activations_saved_by_part_gb", {}).items())
+    console.print(f"{describe_execution(report.get('execution'))}; activations saved for backward (GB, one "
+                  f"micro-batch): {memory['activations_saved_gb']:.3f}  ({parts}); memory model "
+                  f"{memory['model']['activations_gb']:.3f}", highlight=False)
     if report.get("ranks"):
         ranks = Table(title=f"per rank ({report['world_size']} processes; the table above is rank 0's)")
         for column in RANK_COLUMNS:
@@ -376,6 +430,15 @@ def render_table(report: dict[str, Any]) -> None:
         console.print(ranks)
     for finding in report["diagnosis"]:
         console.print(f"[{finding['severity']}] {finding['message']}", markup=False)
+
+
+def describe_execution(execution: dict[str, Any] | None) -> str:
+    """``compiled (inductor), activation checkpointing: encoder, llm`` in words."""
+    if not execution:
+        return "eager"
+    compiled = f"compiled ({execution['compile_backend']})" if execution["compile"] else "eager"
+    checkpointed = [part for part, on in execution["activation_checkpointing"].items() if on]
+    return f"{compiled}, activation checkpointing: {', '.join(checkpointed) or 'none'}"
 
 
 RANK_COLUMNS = ("rank", "median step ms", "p90 step ms", "data wait", "peak GPU GB", "GPU util")
@@ -401,7 +464,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [f"# Profile: {report['config']}", "",
              f"{report['steps']} measured steps after {report['warmup']} warm-up on **{report['device']}**; "
              f"batch {report['batch']['batch_size']} x accumulation {report['batch']['grad_accum']}, "
-             f"{report['batch']['num_frames']} frames at {report['batch']['frame_size']} px, {report['batch']['dtype']}.",
+             f"{report['batch']['num_frames']} frames at {report['batch']['frame_size']} px, {report['batch']['dtype']}; "
+             f"{describe_execution(report.get('execution'))}.",
              "", "| phase | median (ms) | p90 (ms) | mean (ms) | share of time |", "|---|---:|---:|---:|---:|"]
     for phase in PHASES:
         s = report["phases_s"][phase]
@@ -430,6 +494,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += [f"| {k.removesuffix('_gb')} | {v:.3f} |" for k, v in model.items() if k != "activations_per_clip_gb"]
     lines.append(f"| activations saved for backward (measured, one micro-batch) | "
                  f"{report['memory']['activations_saved_gb']:.3f} |")
+    for part, size in report["memory"].get("activations_saved_by_part_gb", {}).items():
+        lines.append(f"| &nbsp;&nbsp;saved by the {part} | {size:.3f} |")
     lines.append("| measured peak allocated | " + (f"{measured['peak_allocated_gb']:.3f} |" if measured else "no GPU |"))
     lines.append(f"| spec estimate | {report['memory']['spec_estimate_gb'][0]:.0f}-{report['memory']['spec_estimate_gb'][1]:.0f} |")
     lines += ["", "## Diagnosis", ""] + [f"- **{f['kind']}** ({f['severity']}): {f['message']}" for f in report["diagnosis"]]

@@ -5,7 +5,9 @@ The memory model counts fp32 weights, gradients and AdamW's two moments exactly 
 estimates activations from the config: per token and layer, the tensors a transformer block keeps
 for backward (about 10 x hidden + 2-3 x FFN width elements; attention scores are not stored because
 SDPA recomputes them), for the conv head the input and output of every conv and GELU, and under bf16
-autocast the half-precision copy of every weight. ``fovea profile`` also measures the activations
+autocast the half-precision copy of every weight. With activation checkpointing (``[model.encoder]``/``[model.llm]
+activation_checkpointing``) a transformer keeps per layer only its block input (the encoder also its keys and
+values, which the query reads use), plus one block's activations while that block's backward runs. ``fovea profile`` also measures the activations
 (bytes autograd saved for backward) to show beside this estimate.
 """
 
@@ -41,14 +43,22 @@ def memory_model(config, model: torch.nn.Module, shards: int = 1) -> dict[str, f
     B, T, S = config.training.batch_size, config.data.num_frames, config.data.frame_size
 
     enc = model.encoder.backbone.config if hasattr(model.encoder, "backbone") else None
+    from fovea.core.compile import checkpointed_parts
+
+    checkpointed = checkpointed_parts(config)
     encoder = 0
     if enc is not None:
         tokens = B * T * ((S // enc.patch_size) ** 2 + 1 + enc.num_register_tokens)
         per_layer = 10 * enc.hidden_size + 2 * enc.intermediate_size
-        encoder = tokens * per_layer * enc.num_hidden_layers
+        # checkpointed: each block keeps its input, and a query encoder its keys and values for the reads;
+        # one block's activations live again while its backward runs
+        encoder = (tokens * (3 * enc.hidden_size * enc.num_hidden_layers + per_layer) if checkpointed["encoder"]
+                   else tokens * per_layer * enc.num_hidden_layers)
     llm = model.llm.config
     llm_tokens = 2 * B * (T + 1)                                    # two passes over [mode, z_1..z_T]
-    language = llm_tokens * (10 * llm.hidden_size + 3 * llm.intermediate_size) * llm.num_hidden_layers
+    llm_per_layer = 10 * llm.hidden_size + 3 * llm.intermediate_size
+    language = (llm_tokens * (llm.hidden_size * llm.num_hidden_layers + llm_per_layer) if checkpointed["llm"]
+                else llm_tokens * llm_per_layer * llm.num_hidden_layers)
     latent_side = model.z_vae_init.shape[-1]
     conv_channels = sum(m.out_channels for m in model.head.modules() if isinstance(m, torch.nn.Conv2d))
     head = 2 * (2 * B * T) * 2 * conv_channels * latent_side ** 2   # 2 passes, in+out of each conv/GELU
@@ -61,6 +71,8 @@ def memory_model(config, model: torch.nn.Module, shards: int = 1) -> dict[str, f
         "gradients_gb": trainable * 4 / shards / GB,
         "optimizer_gb": trainable * 8 / shards / GB,                # AdamW: exp_avg and exp_avg_sq, fp32
         "activations_gb": activations / GB,
+        "activations_encoder_gb": encoder * act_bytes / GB,
+        "activations_llm_gb": language * act_bytes / GB,
         "activations_per_clip_gb": (encoder + language + head) * act_bytes / GB / B,
         "total_gb": ((params * 4 + trainable * 12) / shards + activations) / GB,
     }

@@ -48,6 +48,11 @@ def build_llm(config: LLMConfig):
     else:
         llm = LlamaModel(LlamaConfig(**SIZES[config.size], attn_implementation="sdpa"))
     llm.requires_grad_(config.trainable)
+    if config.activation_checkpointing:
+        from fovea.core.compile import enable_activation_checkpointing
+
+        enable_activation_checkpointing(llm)
+        llm.config.use_cache = False   # training builds no KV cache; decoding frame by frame asks for one itself
     # Frames enter as embeddings and no text prompt is used yet, so the token embedding table is never
     # read: keep it out of the optimizer rather than carry parameters that can never get a gradient.
     llm.get_input_embeddings().requires_grad_(False)

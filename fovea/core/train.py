@@ -129,9 +129,14 @@ def step_losses(out, model: torch.nn.Module) -> torch.Tensor:
 
 
 def prepare_training(config: FoveaConfig, model: torch.nn.Module, device: torch.device) -> TrainState:
-    """Spread ``model`` over the torchrun processes (``distributed.strategy``), then its optimizer and schedule."""
+    """Compile ``model``'s parts (``training.compile``), spread it over the torchrun processes
+    (``distributed.strategy``), then its optimizer and schedule."""
     from fovea.core.distributed import parallelize
 
+    if config.training.compile:
+        from fovea.core.compile import compile_model
+
+        compile_model(model, config)
     wrapped = parallelize(model, config.distributed.strategy, device)
     optimizer = build_optimizer(wrapped, config)     # FSDP2: over the shards it made
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from fovea.core.errors import ConfigError
 from fovea.core.hookspecs import hookimpl
@@ -48,6 +49,16 @@ class DeepEncoder(nn.Module):
         self.num_prefix_tokens = 1 + self.backbone.config.num_register_tokens  # CLS + registers
         self.query_input_proj = nn.Linear(self.dim, self.dim, bias=False)  # no bias: SPEC failure mode
         self.query_output_proj = nn.Linear(self.dim, self.dim)
+        self._compiled: dict = {}   # "frame"/"query" -> the compiled block step (functions: names unchanged)
+
+    def compile_blocks(self, **options) -> None:
+        """``torch.compile`` the per-block step of the frame pass and of the cached query pass
+        (``[training] compile``); every block shares the compiled graph (the block is an input)."""
+        self._compiled = {"frame": torch.compile(self.frame_block, **options),
+                          "query": torch.compile(self.query_block, **options)}
+
+    def _checkpointing(self) -> bool:
+        return self.config.activation_checkpointing and self.training and torch.is_grad_enabled()
 
     @property
     def query_layers(self) -> nn.ModuleList:
@@ -67,24 +78,33 @@ class DeepEncoder(nn.Module):
         x = backbone.embeddings(pixels)                                     # (N, K, D)
         cos, sin = backbone.rope_embeddings(pixels)                         # (P, head_dim) each
         keys, values = [], []
+        block, checkpointing = self._compiled.get("frame", self.frame_block), self._checkpointing()
         for index, layer in enumerate(backbone.model.layer):
-            attention = layer.attention
-            # One forward computes the attention from the very q/k/v it caches: no second pass for K/V.
-            q, k, v = self._qkv(layer, x)                                   # (N, heads, K, head_dim)
-            # The RoPE tables are float32: keep q, k in the projections' dtype (what SDPA computes in
-            # under autocast anyway), so the whole cache is in one dtype.
-            q, k = (_rope_patches(t, cos, sin).to(v.dtype) for t in (q, k))
-            # Contiguous per head (RoPE's cat already makes k so): the query passes multiply by the
-            # cached keys/values as batched matrices, which would otherwise copy them on every pass.
-            v = v.contiguous()
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=_dropout(attention),
-                                                 scale=attention.scaling)   # (N, heads, K, head_dim)
-            x = x + layer.drop_path(layer.layer_scale1(attention.o_proj(out.transpose(1, 2).flatten(2))))
-            x = x + layer.drop_path(layer.layer_scale2(layer.mlp(layer.norm2(x))))  # (N, K, D)
+            if checkpointing:   # keep x for backward, run the block again there (keys/values are kept for the reads)
+                x, k, v = checkpoint(block, layer, x, cos, sin, use_reentrant=False)
+            else:
+                x, k, v = block(layer, x, cos, sin)
             if index >= self.config.inject_from_layer:
                 keys.append(k)
                 values.append(v)
         return {"tokens": backbone.norm(x), "keys": tuple(keys), "values": tuple(values)}
+
+    def frame_block(self, layer: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """One DINOv3 block over the frames' tokens x (N, K, D) -> (x, its keys and values (N, heads, K, head_dim))."""
+        attention = layer.attention
+        # One forward computes the attention from the very q/k/v it caches: no second pass for K/V.
+        q, k, v = self._qkv(layer, x)                                       # (N, heads, K, head_dim)
+        # The RoPE tables are float32: keep q, k in the projections' dtype (what SDPA computes in
+        # under autocast anyway), so the whole cache is in one dtype.
+        q, k = (_rope_patches(t, cos, sin).to(v.dtype) for t in (q, k))
+        # Contiguous per head (RoPE's cat already makes k so): the query passes multiply by the
+        # cached keys/values as batched matrices, which would otherwise copy them on every pass.
+        v = v.contiguous()
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=_dropout(attention),
+                                             scale=attention.scaling)       # (N, heads, K, head_dim)
+        x = x + layer.drop_path(layer.layer_scale1(attention.o_proj(out.transpose(1, 2).flatten(2))))
+        x = x + layer.drop_path(layer.layer_scale2(layer.mlp(layer.norm2(x))))  # (N, K, D)
+        return x, k, v
 
     def attend(self, queries: torch.Tensor, cache: dict, return_attention: bool = False, all_layers: bool = False):
         """Queries (N, D), row i reading frame i -> features (N, D) [, attention].
@@ -101,22 +121,29 @@ class DeepEncoder(nn.Module):
             raise ValueError(f"the cache holds {len(keys)} layers of keys, the query runs through {len(layers)}: "
                              f"encode and attend with the same encoder")
         x = self.query_input_proj(queries.to(cache["tokens"].dtype))[:, None]  # (N, 1, D)
-        maps = []
+        maps, block = [], self._compiled.get("query", self.query_block)
         for index, layer in enumerate(layers):
-            attention = layer.attention
-            q, k, v = self._qkv(layer, x)                                   # (N, heads, 1, head_dim), no RoPE
             weights_wanted = return_attention and (all_layers or index == len(layers) - 1)
-            out, weights = self._query_attention(attention, q, k, v, keys[index], values[index], weights_wanted)
+            x, weights = block(layer, x, keys[index], values[index], weights_wanted)
             if weights is not None:
                 maps.append(weights.mean(dim=1)[:, 0])                      # (N, K'): mean over heads
-            # drop_path (0 in DINOv3's presets; identity outside training) draws its own samples here,
-            # independently of the frame's draw in ``encode``.
-            x = x + layer.drop_path(layer.layer_scale1(attention.o_proj(out.transpose(1, 2).flatten(2))))
-            x = x + layer.drop_path(layer.layer_scale2(layer.mlp(layer.norm2(x))))  # (N, 1, D)
         features = self.query_output_proj(self.backbone.norm(x[:, 0]))     # (N, D)
         if not return_attention:
             return features
         return features, (torch.stack(maps, dim=1) if all_layers else maps[0])  # (N, L', K') or (N, K')
+
+    def query_block(self, layer: nn.Module, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                    weights_wanted: bool):
+        """The query token x (N, 1, D) through one block against the block's cached keys/values ->
+        (x, the attention weights (N, heads, 1, K') or None). Not checkpointed: one token per frame."""
+        attention = layer.attention
+        q, k, v = self._qkv(layer, x)                                       # (N, heads, 1, head_dim), no RoPE
+        out, weights = self._query_attention(attention, q, k, v, keys, values, weights_wanted)
+        # drop_path (0 in DINOv3's presets; identity outside training) draws its own samples here,
+        # independently of the frame's draw in ``encode``.
+        x = x + layer.drop_path(layer.layer_scale1(attention.o_proj(out.transpose(1, 2).flatten(2))))
+        x = x + layer.drop_path(layer.layer_scale2(layer.mlp(layer.norm2(x))))  # (N, 1, D)
+        return x, weights
 
     def _query_attention(self, attention: nn.Module, q, k, v, keys, values, weights_wanted: bool):
         """The query (N, heads, 1, head_dim) over the cached keys/values (N, heads, K, head_dim) and,

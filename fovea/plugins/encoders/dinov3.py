@@ -37,6 +37,9 @@ class DINOv3Options(BaseModel):
     """Architecture for random init when ``pretrained`` is unset; ``tiny`` is the debug size."""
     trainable: bool = True
     """Train the DINOv3 backbone (SPEC: true). The query projections always train."""
+    activation_checkpointing: bool = False
+    """Keep only each block's input for backward and run the block again there (non-reentrant
+    ``torch.utils.checkpoint``): less activation memory for about one more forward of the encoder."""
 
 
 def load_dinov3(options: DINOv3Options, key: str = "model.encoder.pretrained"):
@@ -51,7 +54,17 @@ def load_dinov3(options: DINOv3Options, key: str = "model.encoder.pretrained"):
         model = DINOv3ViTModel(DINOv3ViTConfig(**SIZES[options.size], attn_implementation="sdpa"))
     model.requires_grad_(options.trainable)
     model.embeddings.mask_token.requires_grad_(False)  # only used by masked-image pre-training
+    if options.activation_checkpointing:   # the blocks a forward of the backbone runs (posthoc, masked_forward)
+        from fovea.core.compile import enable_activation_checkpointing
+
+        enable_activation_checkpointing(model)
     return model
+
+
+def compile_layers(model, **options) -> None:
+    """Compile each block of a DINOv3 backbone in place (names unchanged)."""
+    for layer in model.model.layer:
+        layer.compile(**options)
 
 
 def normalize(frames: torch.Tensor) -> torch.Tensor:

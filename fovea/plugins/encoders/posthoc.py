@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from fovea.core.hookspecs import hookimpl
-from fovea.plugins.encoders.dinov3 import DINOv3Options, load_dinov3, normalize
+from fovea.plugins.encoders.dinov3 import DINOv3Options, compile_layers, load_dinov3, normalize
 
 
 class PosthocEncoder(nn.Module):
@@ -33,6 +33,10 @@ class PosthocEncoder(nn.Module):
     def encode(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
         """Frames (N, 3, H, W) in [0, 1] -> {"tokens": (N, 1 + R + P, D)} final normed tokens."""
         return {"tokens": self.backbone(pixel_values=normalize(frames)).last_hidden_state}
+
+    def compile_blocks(self, **options) -> None:
+        """``torch.compile`` each DINOv3 block (``[training] compile``)."""
+        compile_layers(self.backbone, **options)
 
     def attend(self, queries: torch.Tensor, cache: dict[str, torch.Tensor], return_attention: bool = False):
         """Queries (N, D), row i reading frame i -> features (N, D) [, attention (N, num_tokens)]."""

@@ -93,7 +93,11 @@ def reference(reference_run) -> list[dict]:
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory, cache) -> RunDir:
     root = tmp_path_factory.mktemp("ddp")
-    out, _ = finish(torchrun("run", str(QUICKSTART), *set_args(overrides(root, cache))))
+    import importlib.util
+
+    tracked = {"run.trackers": '["mlflow"]', "trackers.mlflow.tracking_uri": f'"sqlite:///{root / "mlflow.db"}"'} \
+        if importlib.util.find_spec("mlflow") else {}
+    out, _ = finish(torchrun("run", str(QUICKSTART), *set_args(overrides(root, cache, **tracked))))
     runs = [p for p in (root / "runs").iterdir() if p.name != "latest"]
     assert len(runs) == 1 and out.count("run: ") == 1   # one directory, named by rank 0, who speaks for the job
     return RunDir.open(root / "runs" / "latest")
@@ -119,6 +123,15 @@ def test_ddp_matches_one_process_with_the_same_global_batch(ddp_run, reference):
     info = json.loads((checkpoint / "checkpoint.json").read_text())
     assert info["settings"]["world_size"] == 2 and not info["sharded"]
     assert [p.name for p in run.path.parent.iterdir() if p.name.startswith(".")] == []   # no temp files left
+
+
+def test_only_rank_0_logs_to_the_trackers(ddp_run):
+    mlflow = pytest.importorskip("mlflow")
+    record = ddp_run.read_trackers()["mlflow"]
+    client = mlflow.MlflowClient(record["tracking_uri"])
+    assert len(client.search_runs([record["experiment_id"]])) == 1
+    history = sorted((m.step, m.value) for m in client.get_metric_history(record["run_id"], "train/loss"))
+    assert history == [(m["step"], m["loss"]) for m in ddp_run.read_metrics()]   # each step once: rank 0's row
 
 
 def test_fsdp_matches_one_process_and_saves_sharded_checkpoints(fsdp_run, reference):

@@ -44,7 +44,7 @@ def wandb_rows(run: RunDir) -> list[dict]:
     from fovea.plugins.trackers.wandb import history, segments
 
     run_id = run.read_trackers()["wandb"]["id"]
-    return [row for segment in segments(run.path, run_id) for row in history(segment)]
+    return [row for segment in segments(run.tracker_dir("wandb"), run_id) for row in history(segment)]
 
 
 def mlflow_history(run: RunDir, key: str) -> list[tuple[int, float]]:

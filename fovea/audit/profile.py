@@ -141,7 +141,15 @@ def _storage(tensor: torch.Tensor) -> int:
 
 def probe_largest_batch(state, cache, config: FoveaConfig) -> int | None:
     """The largest micro-batch that runs forward and backward without running out of GPU memory:
-    the memory model's guess first, then halving towards the configured batch on an OOM."""
+    the memory model's guess first, then halving towards the configured batch on an OOM. Compiled parts run
+    eagerly here (each new size would compile again)."""
+    from fovea.core.compile import eager
+
+    with eager():
+        return _probe_largest_batch(state, cache, config)
+
+
+def _probe_largest_batch(state, cache, config: FoveaConfig) -> int | None:
     device = state.device
     free = torch.cuda.mem_get_info(device)[0] / GB
     per_clip = memory_model(config, state.module)["activations_per_clip_gb"]

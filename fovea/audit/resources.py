@@ -62,8 +62,12 @@ def memory_model(config, model: torch.nn.Module, shards: int = 1) -> dict[str, f
     latent_side = model.z_vae_init.shape[-1]
     conv_channels = sum(m.out_channels for m in model.head.modules() if isinstance(m, torch.nn.Conv2d))
     head = 2 * (2 * B * T) * 2 * conv_channels * latent_side ** 2   # 2 passes, in+out of each conv/GELU
-    # under bf16 autocast each weight is cast once per forward and the copy is kept for backward
-    weight_copies = params * act_bytes if config.precision.dtype == "bfloat16" else 0
+    # under bf16 autocast each weight is cast once per forward and the copy is kept for backward, but in
+    # checkpointed LLM layers (cast again when the layer runs again); the encoder's query reads use its weights
+    # outside the checkpointed blocks, so its copies stay
+    copied = params - (sum(p.numel() for p in getattr(model.llm, "layers", torch.nn.ModuleList()).parameters())
+                       if checkpointed["llm"] else 0)
+    weight_copies = copied * act_bytes if config.precision.dtype == "bfloat16" else 0
     activations = (encoder + language + head) * act_bytes + weight_copies
 
     return {

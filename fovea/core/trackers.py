@@ -34,7 +34,8 @@ from fovea.core.errors import FoveaError
 class Session:
     """What a tracker is told when it starts."""
 
-    run_path: Path                  # the run directory; local files go to ``run_path / <tracker name>``
+    run_path: Path                  # the run directory
+    files: Path                     # where the tracker keeps local files: ``RunDir.tracker_dir(name)``
     run_name: str                   # the run directory's name: the tracker run's display name
     params: dict[str, Any]          # the resolved config, flattened (``flat_params``)
     record: dict[str, Any] | None   # what this tracker's ``start`` returned for this run before (its id), or None
@@ -169,7 +170,7 @@ def start_trackers(config, run, resume_step: int | None = None, purpose: str = "
     records: dict[str, dict[str, Any]] = {}
     for name in names:
         tracker = get_part("tracker", name).cls(config.trackers[name].options)
-        session = Session(run.path, run.path.name, params, kept.get(name), resume_step, purpose)
+        session = Session(run.path, run.tracker_dir(name), run.path.name, params, kept.get(name), resume_step, purpose)
         try:
             records[name] = tracker.start(session)
         except Exception as exc:

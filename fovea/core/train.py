@@ -437,6 +437,7 @@ def optimize(state: TrainState, loader, run: RunDir, progress: Progress,
 
     from fovea.core import distributed
     from fovea.core.checkpoint import save_checkpoint
+
     config, t = state.config, state.config.training
     world = distributed.current()
     global_batch = config.global_batch_size(world.world_size)

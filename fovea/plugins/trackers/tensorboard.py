@@ -45,12 +45,12 @@ class TensorBoardTracker:
         from torch.utils.tensorboard import SummaryWriter
 
         purge = session.resume_step + 1 if session.resume_step is not None else None
-        self.writer = SummaryWriter(log_dir=str(session.run_path / "tensorboard"), purge_step=purge)
+        self.writer = SummaryWriter(log_dir=str(session.files), purge_step=purge)
         # Every row is flushed when logged: an earlier process's event files hold the steps up to the checkpoint.
         self.held = session.resume_step if session.record is not None and purge is not None else 0
         if session.record is None:   # a new run: its config, once
             self.writer.add_text("config", "\n".join(f"    {k} = {v}" for k, v in session.params.items()))
-        return {"log_dir": "tensorboard"}
+        return {"log_dir": session.files.name}
 
     def log_metrics(self, row: dict[str, Any]) -> None:
         step, split = row["step"], row.get("split", "train")

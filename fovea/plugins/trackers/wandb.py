@@ -77,7 +77,8 @@ class WandbTracker:
         record, c = session.record or {}, self.config
         kwargs: dict[str, Any] = dict(
             project=record.get("project") or c.project or os.environ.get("WANDB_PROJECT") or "fovea",
-            entity=record.get("entity") or c.entity, name=session.run_name, dir=str(session.run_path),
+            entity=record.get("entity") or c.entity, name=session.run_name,
+            dir=str(session.files.parent),   # W&B writes into <dir>/wandb/, which is session.files
             mode=c.mode, tags=c.tags or None, group=c.group, job_type=session.purpose,
             settings=wandb.Settings(quiet=True, console="off"))
         continuing = "id" in record
@@ -91,7 +92,7 @@ class WandbTracker:
         if continuing and session.purpose == "train":
             self.run.config.update(session.params, allow_val_change=True)   # --set on resume may change values
         if continuing and "resume_from" not in kwargs:
-            earlier = max((max(history_steps(f), default=0) for f in segments(session.run_path, self.run.id)
+            earlier = max((max(history_steps(f), default=0) for f in segments(session.files, self.run.id)
                            if f.parent != Path(self.run.dir).parent), default=0)
             self.held = max(earlier, self.run.starting_step - 1)
         return {"id": self.run.id, "project": self.run.project, "entity": self.run.entity,
@@ -134,16 +135,16 @@ def new_run_id() -> str:
     return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
 
 
-def segments(run_path: Path, run_id: str) -> list[Path]:
+def segments(files: Path, run_id: str) -> list[Path]:
     """The transaction logs of every process that logged to the W&B run ``run_id`` from this run directory,
-    oldest first: ``<run>/wandb/{run,offline-run}-<time>-<id>/run-<id>.wandb``."""
+    oldest first: ``<run>/wandb/{run,offline-run}-<time>-<id>/run-<id>.wandb`` (``files``: ``<run>/wandb``)."""
     import re
 
     def started(path: Path) -> str:                     # the segment directory's YYYYMMDD_HHMMSS
         found = re.search(r"\d{8}_\d{6}", path.parent.name)
         return found.group(0) if found else ""
 
-    return sorted((run_path / "wandb").glob(f"*-{run_id}/run-{run_id}.wandb"), key=started)
+    return sorted(files.glob(f"*-{run_id}/run-{run_id}.wandb"), key=started)
 
 
 BLOCK = 32768          # the log's block size (LevelDB's log format, which W&B's transaction log follows)

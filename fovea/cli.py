@@ -274,7 +274,9 @@ def audit_command(
                              "configs/spec/foveated_vlm.toml)."),
     strict: bool = typer.Option(False, "--strict", help="Exit with code 1 when any check fails (❌)."),
 ) -> None:
-    """Check a run against the spec from measurements and probes; writes audit.md and audit.json into it."""
+    """Check a run against the spec from measurements and probes; writes audit.md and audit.json into it.
+
+    The verdict counts also go to the run's experiment trackers ([run] trackers)."""
     from fovea.audit import audit_run, print_table, write_report
 
     evidence, checks = audit_run(run_dir, spec)
@@ -290,7 +292,9 @@ def viz_command(
     run_dir: Path = typer.Argument(..., help="A run directory, e.g. runs/latest.", show_default=False),
     clips: int = typer.Option(2, "--clips", min=1, help="Clips to draw attention and predictions for."),
 ) -> None:
-    """Draw what the model looks at and predicts, and its loss and entropy curves; writes PNGs into RUN_DIR/viz/."""
+    """Draw what the model looks at and predicts, and its loss and entropy curves; writes PNGs into RUN_DIR/viz/.
+
+    The figures also go to the run's experiment trackers as images ([run] trackers)."""
     from fovea.audit.viz import visualize
 
     for path in visualize(run_dir, clips):

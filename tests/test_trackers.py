@@ -222,3 +222,29 @@ def test_tensorboard_true_is_an_alias_of_the_tensorboard_tracker():
     assert config.run.active_trackers == ["mlflow", "tensorboard"]
     assert fovea.load_config(QUICKSTART, ["run.tensorboard=true", 'run.trackers=["tensorboard"]']
                              ).run.active_trackers == ["tensorboard"]
+
+
+def test_wandb_rewind_resumes_from_the_step_after_the_checkpoint(tmp_path, monkeypatch):
+    """``[trackers.wandb] rewind = true``: the resumed W&B run is W&B's rewind of the same run to the checkpoint
+    (offline, the rewind point is recorded in the segment and applied when ``wandb sync`` uploads it)."""
+    pytest.importorskip("wandb")
+    from wandb.proto import wandb_internal_pb2
+
+    from fovea.plugins.trackers.wandb import records, segments
+
+    for key, value in offline_env(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    short = {"training.max_steps": str(N), "trackers.wandb.rewind": "true"}
+    run = train(fovea.load_config(QUICKSTART, tracked(tmp_path, "wandb", **short)))
+    extended = runner.invoke(app, ["run", "--resume", str(run.path), "--set", f"training.max_steps={2 * N}"])
+    assert extended.exit_code == 0, extended.output
+    run_id = run.read_trackers()["wandb"]["id"]
+    first, second = segments(run.tracker_dir("wandb"), run_id)
+    points = []
+    for payload in records(second):
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(payload)
+        if record.WhichOneof("record_type") == "run":
+            points.append((record.run.branch_point.run, record.run.branch_point.value, record.run.branch_point.metric))
+    assert points == [(run_id, N, "_step")]          # W&B keeps steps <= N and continues after them
+    assert [r["_step"] for r in wandb_rows(run) if "train/loss" in r] == list(range(1, 2 * N + 1))

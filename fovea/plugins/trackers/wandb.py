@@ -15,7 +15,7 @@ numbers on CPU, where resume is bit-exact; on a GPU they may differ in the last 
 the resumed ones. The held steps come from the server (online: the resumed run's starting step) and from the
 run's earlier local segments in ``<run>/wandb/`` (offline: W&B cannot ask a server, so every process writes a
 segment of the same run id; ``wandb sync`` uploads them in order, as a resumed run). ``rewind = true`` instead resumes with W&B's rewind
-(``resume_from="<id>?_step=<checkpoint + 1>"``, in preview on W&B's cloud): the history after the checkpoint
+(``resume_from="<id>?_step=<checkpoint>"``, in preview on W&B's cloud): the history after the checkpoint
 is archived and the resumed run's rows replace it.
 """
 
@@ -83,15 +83,19 @@ class WandbTracker:
             settings=wandb.Settings(quiet=True, console="off"))
         continuing = "id" in record
         if continuing and c.rewind and session.resume_step is not None:
-            kwargs["resume_from"] = f"{record['id']}?_step={session.resume_step + 1}"
+            # W&B keeps the history up to and including this step and continues after it
+            kwargs["resume_from"] = f"{record['id']}?_step={session.resume_step}"
         elif continuing:
             kwargs.update(id=record["id"], resume="allow")
         else:
             kwargs.update(id=new_run_id(), config=session.params)
+        wait_for_a_new_segment_name(session.files, kwargs.get("id") or record.get("id", ""))
         self.run = wandb.init(**kwargs)
         if continuing and session.purpose == "train":
             self.run.config.update(session.params, allow_val_change=True)   # --set on resume may change values
-        if continuing and "resume_from" not in kwargs:
+        if "resume_from" in kwargs:   # rewound to the checkpoint: W&B holds the steps up to it
+            self.held = session.resume_step
+        elif continuing:
             earlier = max((max(history_steps(f), default=0) for f in segments(session.files, self.run.id)
                            if f.parent != Path(self.run.dir).parent), default=0)
             self.held = max(earlier, self.run.starting_step - 1)
@@ -125,6 +129,16 @@ class WandbTracker:
 
 
 # --------------------------------------------------------------------------- W&B's local files
+
+
+def wait_for_a_new_segment_name(files: Path, run_id: str) -> None:
+    """W&B names a process's directory after the second it starts in (``offline-run-<YYYYMMDD_HHMMSS>-<id>``) and
+    writes over one of the same name: a second start of the same run within that second (a resume or a report
+    right after training, in one process) would erase the first's log. Wait for the next second."""
+    import time
+
+    while run_id and any(files.glob(f"*-{time.strftime('%Y%m%d_%H%M%S')}-{run_id}")):
+        time.sleep(0.05)
 
 
 def new_run_id() -> str:

@@ -361,16 +361,18 @@ class TrainedRun:
 def summarize_ablation(original: dict[str, torch.Tensor], ablated: dict[str, torch.Tensor]) -> dict[str, Any]:
     """One objective under an ablation, against the same clips unablated (losses (N, K) per mode): the
     ablated losses, the improvement left ``(coarse - ablated fine) / coarse`` and its share of the original
-    improvement, and the change of the fine loss ``(ablated - fine) / fine``, with paired intervals."""
+    improvement (None when the original's interval reaches 0), and the change of the fine loss
+    ``(ablated - fine) / fine``, with paired intervals."""
     per_clip = {k: v.mean(dim=1) for k, v in original.items()}
     after = {k: v.mean(dim=1) for k, v in ablated.items()}
     draws = bootstrap_draws(len(per_clip["fine"]))
     left = relative_change(per_clip["coarse"], after["fine"], draws)
-    before = float((per_clip["coarse"].double().mean() - per_clip["fine"].double().mean())
-                   / per_clip["coarse"].double().mean())
+    before = relative_change(per_clip["coarse"], per_clip["fine"], draws)
     raised = relative_change(per_clip["fine"], after["fine"], draws)
     return {"modes": {k: {"loss": float(v.double().mean()), "ci95": mean_ci(v, draws)} for k, v in after.items()},
-            "improvement": left, "improvement_left": left["value"] / before if before else None,
+            # a share of an improvement that is not there (its interval reaches 0) would be noise
+            "improvement_left": left["value"] / before["value"] if before["ci95"][0] > 0 else None,
+            "improvement": left,
             "fine_change": {"value": -raised["value"], "ci95": [-raised["ci95"][1], -raised["ci95"][0]]}}
 
 

@@ -20,87 +20,44 @@ is ⚠️). More epochs than the spec allows are ⚠️ (a risk of overfitting, 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from fovea.audit import probes
+from fovea.audit.findings import LABELS, SECTIONS, SEVERITY, SYMBOLS, Check, Status, _fmt, _pct  # noqa: F401
+from fovea.audit.learning import check_learning, check_loss_composition
 
 if TYPE_CHECKING:
     from fovea.audit.run import Evidence
     from fovea.audit.spec import Component
 
-Status = Literal["pass", "warn", "fail", "info"]
-SYMBOLS: dict[str, str] = {"pass": "✅", "warn": "⚠️", "fail": "❌", "info": "ℹ️"}
-LABELS: dict[str, str] = {"pass": "ALIGNED", "warn": "WARNING", "fail": "MISALIGNED", "info": "INFO"}
-SEVERITY: dict[str, int] = {"info": 0, "pass": 1, "warn": 2, "fail": 3}
-
-# (section id, title) in report order
-SECTIONS: list[tuple[str, str]] = [
-    ("components", "Component training status"),
-    ("wiring", "Two-pass wiring"),
-    ("query", "Query mechanism"),
-    ("head", "Prediction head"),
-    ("training", "Training configuration"),
-    ("results", "Results"),
-    ("resources", "Resources"),
-]
-
-
-@dataclass
-class Check:
-    """One finding: what the spec expects, what was observed, the evidence, and why it matters."""
-
-    id: str                       # stable dotted id, e.g. "components.encoder", "wiring.no_target_leak"
-    title: str
-    section: str                  # one of SECTIONS' ids
-    status: Status
-    expected: str
-    observed: str
-    evidence: str = ""            # how it was measured, with the numbers
-    reason: str = ""              # why it matters / the impact
-    recommendation: str = ""      # what to do (non-passing checks)
-    label: str = ""               # the word next to the symbol (MODIFIED, SIMPLIFIED, ...); default by status
-    measurements: dict[str, Any] = field(default_factory=dict)   # raw numbers for audit.json
-
-    @property
-    def symbol(self) -> str:
-        return SYMBOLS[self.status]
-
-    @property
-    def word(self) -> str:
-        return self.label or LABELS[self.status]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "symbol": self.symbol, "label": self.word}
-
 
 def run_checks(ev: "Evidence", groups: list[Callable[["Evidence"], list[Check]]] | None = None) -> list[Check]:
-    """The check groups (default: all, in report order) on one run's evidence."""
+    """The check groups (default: all, in report order) on one run's evidence, at the spec's levels."""
     checks: list[Check] = []
     for group in groups or CHECK_GROUPS:
         checks += group(ev)
-    return checks
+    return [apply_level(check, ev.spec.requirements) for check in checks]
+
+
+LEVEL_WORDS = {"must": "a MUST of the spec", "should": "a SHOULD of the spec", "info": "informative in this spec"}
+
+
+def apply_level(check: Check, requirements: dict[str, str]) -> Check:
+    """A violated (⚠️/❌) check at the level the spec gives it: must ❌, should ⚠️, info ℹ️; passes unchanged."""
+    level = requirements.get(check.id)
+    if level is None or check.status not in ("warn", "fail"):
+        return check
+    status = {"must": "fail", "should": "warn", "info": "info"}[level]
+    if status != check.status:
+        check.reason = f"{LEVEL_WORDS[level]}: " + (check.reason or "violated")
+        check.status = status
+    return check
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _fmt(value: Any) -> str:
-    """A number or value as the report shows it."""
-    if isinstance(value, bool) or value is None:
-        return str(value).lower() if isinstance(value, bool) else "unset"
-    if isinstance(value, float):
-        if value == 0 or math.isinf(value) or math.isnan(value):
-            return str(value)
-        return f"{value:.3g}" if abs(value) < 1e-3 or abs(value) >= 1e5 else f"{value:.6g}"
-    return str(value)
-
-
-def _pct(value: float) -> str:
-    return f"{100 * value:.1f} %"
 
 
 def _count(n: int) -> str:
@@ -750,7 +707,31 @@ def _entropy_check(ev: "Evidence", out, batch: str) -> Check:
                      expected="attention entropy well below log N", observed="the encoder returns no attention",
                      reason="not measurable; the sensitivity probe covers the query mechanism",
                      recommendation="return (features, attention) from attend(return_attention=True)")
-    s, d = probes.attention_stats(static), probes.attention_stats(dynamic)
+    from fovea.core.attention import patch_attention_stats, token_layout
+
+    prefix = getattr(ev.model.encoder, "num_prefix_tokens", None)   # optional contract extension
+    layout = token_layout(static.shape[-1], prefix) if isinstance(prefix, int) else None
+    if layout is None:                      # the columns' meaning is unknown: over every column, as given
+        prefix, layout = 0, (static.shape[-1], 0)
+        columns = "every column (the encoder does not say which are CLS/registers: `num_prefix_tokens`)"
+    else:
+        columns = (f"the {layout[0]} patches, renormalised ({prefix} CLS/register columns"
+                   + (" and the query's own column" if layout[1] else "") + " reported apart)")
+    s, d = (patch_attention_stats(a, prefix, layout[0]) for a in (static, dynamic))
+    sunk = {name: stats for name, stats in (("static", s), ("dynamic", d)) if stats["mass_patches"] < 0.5}
+    if sunk:
+        names = " and ".join(sunk)
+        return Check(
+            "query.entropy", "The queries look at the image", "query", "fail",
+            expected="most of each query's attention on the patches, its entropy over them below log P",
+            observed="; ".join(f"{n}: {v['mass_patches']:.1%} on the patches, {v['mass_prefix']:.1%} on CLS/registers, "
+                               f"{v['mass_self']:.1%} on itself" for n, v in (("static", s), ("dynamic", d))),
+            evidence=f"final-layer attention of every pass-1 and pass-2 read (mean over heads) in one forward, over "
+                     f"{columns}. {batch}",
+            reason=f"the {names} queries put most of their attention outside the image: DINOv3's registers are "
+                   f"attention sinks, and a query collapsed onto one reads as focused while it reads nothing",
+            recommendation="check the query's scale and the injection; compare heatmaps of static and dynamic reads",
+            measurements={"static": s, "dynamic": d})
     near_uniform = d["ratio"] >= spec.entropy_warn_ratio
     encoder_component = next((c for c in ev.spec.components.values() if c.modules == ["encoder"]), None)
     random_init = encoder_component is not None and _is_random(ev.config, encoder_component)
@@ -770,8 +751,11 @@ def _entropy_check(ev: "Evidence", out, batch: str) -> Check:
         expected=f"entropy / log N < {_fmt(spec.entropy_warn_ratio)}, dynamic lower than static (SPEC diagnostics)",
         observed=(f"static {s['entropy']:.3f} nats, dynamic {d['entropy']:.3f} nats, log N = {s['log_n']:.3f} "
                   f"(N = {s['num_tokens']} tokens): ratios {s['ratio']:.3f} / {d['ratio']:.3f}; peak weight "
-                  f"{s['peak']:.3f} / {d['peak']:.3f} (uniform {s['uniform_peak']:.3f})"),
-        evidence=f"final-layer attention of every pass-1 and pass-2 read (mean over heads) in one forward. {batch}",
+                  f"{s['peak']:.3f} / {d['peak']:.3f} (uniform {s['uniform_peak']:.3f}); mass on the patches "
+                  f"{s['mass_patches']:.1%} / {d['mass_patches']:.1%}, on CLS/registers {s['mass_prefix']:.1%} / "
+                  f"{d['mass_prefix']:.1%}, on itself {s['mass_self']:.1%} / {d['mass_self']:.1%}"),
+        evidence=f"final-layer attention of every pass-1 and pass-2 read (mean over heads) in one forward, over "
+                 f"{columns}. {batch}",
         reason=reason,
         recommendation="" if status == "pass" else
         ("train longer or from the pretrained encoder, then audit again" if random_init else
@@ -1298,4 +1282,6 @@ def check_components_models(ev: "Evidence") -> list[Check]:
 
 
 CHECK_GROUPS: list[Callable[["Evidence"], list[Check]]] = [
-    check_components, check_wiring, check_query, check_head, check_training, check_results, check_resources]
+    check_components, check_wiring, check_query, check_head, check_training, check_loss_composition,
+    check_learning, check_results, check_resources]
+

@@ -7,7 +7,7 @@ Wiring: ``target_leak``, ``query_wiring``, ``pass1_perturbation``, ``encode_call
 ``pass_independence`` (every objective), ``caption_causality``. Every probe takes the objectives'
 ``targets`` (``FoveatedVLM.prepare``) for models that read text. Query mechanism
 (any encoder that keeps the contract ``encode``/``attend``/``dim``): ``query_sensitivity``,
-``attention_stats``, ``patch_invariance``. Head: ``head_probe``. Training: ``gradient_reach``.
+``patch_invariance`` (attention statistics: ``fovea.core.attention``). Head: ``head_probe``. Training: ``gradient_reach``.
 """
 
 from __future__ import annotations
@@ -205,16 +205,6 @@ def query_sensitivity(encoder, cache, queries_a: torch.Tensor, queries_b: torch.
     return {"correlation_mean": corr.mean().item(), "correlation_min": corr.min().item(),
             "correlation_max": corr.max().item(),
             "query_vs_frame": (switch_query / switch_frame).item() if switch_frame > 0 else math.inf}
-
-
-def attention_stats(attention: torch.Tensor) -> dict[str, float]:
-    """Entropy of attention rows (..., K) against log K, the uniform distribution's (SPEC: collapse ≈ log N)."""
-    weights = attention.float().flatten(0, -2)                                   # (rows, K)
-    entropy = -(weights * weights.clamp_min(1e-30).log()).sum(dim=-1)            # (rows,)
-    log_n = math.log(weights.shape[-1])
-    return {"entropy": entropy.mean().item(), "log_n": log_n, "ratio": entropy.mean().item() / log_n,
-            "peak": weights.amax(dim=-1).mean().item(), "uniform_peak": 1.0 / weights.shape[-1],
-            "num_tokens": weights.shape[-1]}
 
 
 def _snapshot(value):

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fovea.core.config import FoveaConfig
-from fovea.core.errors import FoveaError
+from fovea.core.errors import FoveaError, PluginError
 from fovea.core.objectives import Objective, PassStates, Term
 from fovea.core.text import TextCodec
 
@@ -256,7 +256,12 @@ def build_encoder(config: FoveaConfig) -> nn.Module:
     from fovea.core.plugins import get_part
 
     table = config.model.encoder
-    return get_part("encoder", table.name).cls(table.options)
+    part = get_part("encoder", table.name)
+    encoder = part.cls(table.options)
+    if not isinstance(getattr(encoder, "dim", None), int):
+        raise PluginError(f"encoder '{table.name}' from {part.source}: an instance has no integer `dim` (the "
+                          f"encoder contract, fovea.core.contracts.Encoder)")
+    return encoder
 
 
 def build_head(config: FoveaConfig, hidden_size: int, latent_channels: int) -> nn.Module:

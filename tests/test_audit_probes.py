@@ -200,3 +200,60 @@ def test_strict_audit_exits_one_on_a_planted_bug(run, monkeypatch):
     monkeypatch.setattr(fovea.core.model, "PassStates", mixed_states("before_frames"))
     result = runner.invoke(app, ["audit", str(run.path), "--strict"])
     assert result.exit_code == 1 and "wiring.pass_independence" in result.output
+
+
+# --------------------------------------------------------------------------- a third-party encoder
+
+
+class PatchReader(torch.nn.Module):
+    """A third-party encoder keeping only the contract: encode, attend, dim (no optional extension)."""
+
+    from pydantic import BaseModel as _Base
+
+    class Config(_Base):
+        dim: int = 16
+
+    def __init__(self, config):
+        super().__init__()
+        self.dim = config.dim
+        self.patches = torch.nn.Conv2d(3, config.dim, 16, 16)
+
+    def encode(self, frames):
+        return self.patches(frames).flatten(2).transpose(1, 2)                     # (N, P, D)
+
+    def attend(self, queries, cache, return_attention=False):
+        weights = torch.softmax((cache @ queries[:, :, None]).squeeze(-1) / self.dim ** 0.5, dim=-1)   # (N, P)
+        features = (weights[:, :, None] * cache).sum(dim=1)                       # (N, D)
+        return (features, weights) if return_attention else features
+
+
+class ThirdParty:
+    import fovea as _fovea
+
+    @_fovea.hookimpl
+    def fovea_register_encoders(self, register):
+        register("patch_reader", PatchReader)
+
+
+def test_a_third_party_encoder_runs_every_contract_level_probe(tmp_path_factory):
+    from fovea.core import plugins
+
+    plugin = ThirdParty()
+    plugins.register_plugin(plugin, name="third-party")
+    try:
+        run = train_tiny(tmp_path_factory, **{"data.num_clips": "9", "model.encoder": '{name = "patch_reader"}'})
+        result = runner.invoke(app, ["audit", str(run.path)])
+        assert result.exit_code == 0, result.output
+        checks = audit(run.path, check_wiring, check_loss_composition, check_learning, check_query)
+    finally:
+        plugins.unregister_plugin(plugin)
+    for key in ("wiring.pass1_static", "wiring.pass2_shift", "wiring.pass2_follows_pass1", "wiring.no_target_leak",
+                "wiring.encode_once", "wiring.pass_independence", "training.loss_composition",
+                "learning.overfit_one_batch", "learning.clip_isolation", "query.sensitivity", "query.entropy"):
+        assert checks[key].status != "info", (key, checks[key].observed)          # measured, whatever it found
+    for key in ("wiring.pass_independence", "wiring.no_target_leak", "learning.clip_isolation"):
+        assert checks[key].status == "pass", (key, checks[key].observed)
+    for key in ("query.cache_matches_reference", "query.input_proj_bias"):
+        assert checks[key].status == "info" and checks[key].observed.startswith("not measured")
+    report = (run.path / "audit.md").read_text()
+    assert "**Probes:**" in report and "`query.cache_matches_reference` (the encoder has no reference forward" in report

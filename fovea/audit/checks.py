@@ -277,8 +277,8 @@ def _architecture_of(ev: "Evidence", component: "Component") -> dict[str, Any] |
         module = ev.initial
         for name in component.modules[0].split("."):
             module = getattr(module, name, None)
-        module = getattr(module, "backbone", module)
-    hf_config = getattr(module, "config", None)
+    # a transformers model has `config`; an encoder may expose its backbone's (fovea.core.contracts.Encoder)
+    hf_config = getattr(module, "backbone_config", None) or getattr(module, "config", None)
     if hf_config is None:
         return None
     if hasattr(hf_config, "to_dict"):
@@ -553,7 +553,7 @@ def check_query(ev: "Evidence") -> list[Check]:
     projection = getattr(encoder, "query_input_proj", None)
     if projection is None:
         checks.append(Check("query.input_proj_bias", "query_input_proj has no bias", "query", "info",
-                            expected="no bias", observed="the encoder has no `query_input_proj`",
+                            expected="no bias", observed="not measured: the encoder has no `query_input_proj`",
                             reason="not measurable for this encoder; the sensitivity probe covers the failure it guards against"))
     else:
         has_bias = getattr(projection, "bias", None) is not None
@@ -650,6 +650,12 @@ def _query_probes(ev: "Evidence") -> list[Check]:
             reason="" if exact else "the cheap query pass does not compute the spec's mechanism",
             recommendation="" if exact else "compare attend with masked_forward layer by layer",
             measurements={k: inv[k] for k in ("features_vs_cache", "tokens_vs_cache")}))
+    else:
+        checks.append(Check(
+            "query.cache_matches_reference", "The cached query pass computes the full masked forward", "query",
+            "info", expected="attend on the per-layer K/V cache = the encoder re-run with the query and the mask",
+            observed="not measured: the encoder has no reference forward (`masked_forward`, an optional extension of "
+                     "the encoder contract)"))
 
     cache = encoder.encode(pixels)
     sens = probes.query_sensitivity(encoder, cache, queries_a, queries_b)
@@ -704,7 +710,8 @@ def _entropy_check(ev: "Evidence", out, batch: str) -> Check:
     static, dynamic = getattr(out, "attention_static", None), getattr(out, "attention_dynamic", None)
     if static is None or dynamic is None:
         return Check("query.entropy", "Attention is not uniform", "query", "info",
-                     expected="attention entropy well below log N", observed="the encoder returns no attention",
+                     expected="attention entropy well below log N",
+                     observed="not measured: the encoder returns no attention (attend(..., return_attention=True))",
                      reason="not measurable; the sensitivity probe covers the query mechanism",
                      recommendation="return (features, attention) from attend(return_attention=True)")
     from fovea.core.attention import patch_attention_stats, token_layout

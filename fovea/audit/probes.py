@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import sys
 from typing import Any, Callable, Iterator
 
 import torch
@@ -236,20 +235,10 @@ def _largest_change(before, after) -> float:
 
 
 def reference_forward(encoder) -> Callable | None:
-    """The encoder's slow reference with the query in the sequence, if it has one.
-
-    Convention: ``encoder.masked_forward(frames, queries)``, or a module-level
-    ``masked_forward(encoder, frames, queries)`` in the module of the encoder's class or a base class
-    (``deep`` has one); either returns ``(features (N, D), image tokens (N, K, D))``.
-    """
+    """The encoder's slow reference with the query in the sequence, if it has one: the optional contract
+    extension ``encoder.masked_forward(frames, queries)`` -> ``(features (N, D), image tokens (N, K, D))``."""
     method = getattr(encoder, "masked_forward", None)
-    if callable(method):
-        return method
-    for cls in type(encoder).__mro__:
-        function = getattr(sys.modules.get(cls.__module__), "masked_forward", None)
-        if callable(function):
-            return lambda frames, queries: function(encoder, frames, queries)
-    return None
+    return method if callable(method) else None
 
 
 @torch.no_grad()

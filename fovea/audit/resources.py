@@ -40,7 +40,7 @@ def memory_model(config, model: torch.nn.Module, shards: int = 1) -> dict[str, f
     act_bytes = 2 if config.precision.dtype == "bfloat16" else 4
     B, T, S = config.training.batch_size, config.data.num_frames, config.data.frame_size
 
-    enc = model.encoder.backbone.config if hasattr(model.encoder, "backbone") else None
+    enc = getattr(model.encoder, "backbone_config", None)   # optional encoder extension: else not estimated
     encoder = 0
     if enc is not None:
         tokens = B * T * ((S // enc.patch_size) ** 2 + 1 + enc.num_register_tokens)

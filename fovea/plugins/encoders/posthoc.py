@@ -30,6 +30,11 @@ class PosthocEncoder(nn.Module):
         self.query_input_proj = nn.Linear(self.dim, self.dim, bias=False)  # no bias: SPEC failure mode
         self.query_output_proj = nn.Linear(self.dim, self.dim)
 
+    @property
+    def backbone_config(self):
+        """The backbone's transformers config (the contract's optional extension the audit's architecture check reads)."""
+        return self.backbone.config
+
     def encode(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
         """Frames (N, 3, H, W) in [0, 1] -> {"tokens": (N, 1 + R + P, D)} final normed tokens."""
         return {"tokens": self.backbone(pixel_values=normalize(frames)).last_hidden_state}

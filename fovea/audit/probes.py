@@ -167,9 +167,10 @@ def pass1_perturbation(model, frames: torch.Tensor, latents: torch.Tensor, t: in
         calls.append(queries.detach().clone())
         if len(calls) == 1:                                                      # pass 1
             features, rest = (out[0], out[1:]) if isinstance(out, tuple) else (out, None)
-            nudged = features.view(B, T, -1).clone()
+            nudged = features.reshape(B, T, *features.shape[1:]).clone()          # (B, T, [K,] D)
             nudged[:, t] += features.float().std().clamp_min(1e-3).to(features.dtype)
-            out = nudged.flatten(0, 1) if rest is None else (nudged.flatten(0, 1), *rest)
+            nudged = nudged.reshape(features.shape)
+            out = nudged if rest is None else (nudged, *rest)
         return out
 
     with _replaced(model.encoder, "attend", perturbed):

@@ -19,9 +19,14 @@ from fovea.core.objectives import Objective
 class Encoder(Protocol):
     """``cls(config)``; ``dim``; ``encode`` once per frame, ``attend`` once per pass.
 
-    Optional extensions: ``num_prefix_tokens`` (CLS/register columns before the patches in the attention
-    rows: the audit's attention statistics over the image, ``fovea viz``'s heatmaps), ``masked_forward``
-    (the reference the audit compares a cached query pass with), ``query_input_proj``/``query_output_proj``.
+    ``attend`` may give K > 1 tokens per frame, ``(N, K, D)``: the LLM then reads frame t's K tokens one after
+    the other, and frame t is predicted from the state before its first token.
+
+    Optional extensions: ``uses_query = False`` (a query-free encoder: the model runs one pass, whose coarse
+    is its fine), ``num_prefix_tokens`` (CLS/register columns before the patches in the attention rows: the
+    audit's attention statistics over the image, ``fovea viz``'s heatmaps), ``masked_forward`` (the reference
+    the audit compares a cached query pass with), ``backbone_config`` (the backbone's transformers config:
+    the audit's architecture check, the memory model), ``query_input_proj``/``query_output_proj``.
     """
 
     dim: int
@@ -30,7 +35,7 @@ class Encoder(Protocol):
         """Frames (N, 3, H, W) float in [0, 1] -> an opaque per-frame cache."""
 
     def attend(self, queries: torch.Tensor, cache: Any, return_attention: bool = False):
-        """Queries (N, dim), row i reading frame i -> features (N, dim) [, attention (N, num_tokens)]."""
+        """Queries (N, dim), row i reading frame i -> features (N, dim) or (N, K, dim) [, attention (N, num_tokens)]."""
 
 
 @runtime_checkable

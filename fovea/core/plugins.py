@@ -25,6 +25,7 @@ from fovea.core.errors import PluginError
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "fovea.plugins.encoders.deep",
     "fovea.plugins.encoders.posthoc",
+    "fovea.plugins.encoders.baselines",
     "fovea.plugins.heads.film",
     "fovea.plugins.data.synthetic",
     "fovea.plugins.data.videos",

@@ -984,6 +984,11 @@ def check_results(ev: "Evidence") -> list[Check]:
             expected="held-out loss_fine below the mean-latent and copy-previous baselines",
             observed=f"not measurable: {ev.evaluation_origin}",
             recommendation="train with held-out clips ([eval] val_fraction or val_clips) and audit again"))
+    elif held.get("skill") is None:   # an objective without trivial baselines (a plugin's)
+        checks.append(Check(
+            "results.learned", "The model beats the trivial baselines on held-out clips", "results", "info",
+            expected="held-out loss_fine below the best trivial baseline",
+            observed=f"not measured: the objective `{held.get('primary')}` has no trivial baselines (`baselines`)"))
     else:
         checks.append(_learned_check(ev, held))
     if held is not None:

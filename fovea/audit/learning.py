@@ -175,7 +175,7 @@ def check_loss_composition(ev) -> list[Check]:
 
 
 def check_learning(ev) -> list[Check]:
-    """The learning probes (section results): initial loss, overfitting one batch, blank frames, clip isolation."""
+    """The learning probes (section training): initial loss, overfitting one batch, blank frames, clip isolation."""
     spec, model = ev.spec.learning, ev.model
     checks: list[Check] = []
     batch = f"Probe batch: {ev.batch_origin}."
@@ -186,7 +186,7 @@ def check_learning(ev) -> list[Check]:
     ratios = {n: float(initial.terms[n]["fine"].mean) / trivial[n] for n in trivial if trivial[n] > 0}
     high = {n: r for n, r in ratios.items() if r > spec.init_ratio_max}
     checks.append(Check(
-        "learning.init_loss", "The loss at initialisation is where it should be", "results",
+        "learning.init_loss", "The loss at initialisation is where it should be", "training",
         "info" if not ratios else ("warn" if high else "pass"),
         expected=f"the initialisation's loss within {_fmt(spec.init_ratio_max)}× that of the output an initialisation "
                  f"should be close to, on the same batch (next_latent: zeros; caption: uniform tokens, log V)",
@@ -202,7 +202,7 @@ def check_learning(ev) -> list[Check]:
     fit = overfit_one_batch(ev.initial, ev.frames, ev.latents, ev.targets, spec.overfit_steps)
     fits = fit["drop"] >= spec.overfit_drop
     checks.append(Check(
-        "learning.overfit_one_batch", "A copy of the model can overfit one batch", "results",
+        "learning.overfit_one_batch", "A copy of the model can overfit one batch", "training",
         "pass" if fits else "fail",
         expected=f"its loss falls by ≥ {_pct(spec.overfit_drop)} in {spec.overfit_steps} AdamW steps on the probe "
                  f"batch alone",
@@ -217,7 +217,7 @@ def check_learning(ev) -> list[Check]:
     blank = blank_frames(model, ev.frames, ev.latents, ev.targets)
     uses = blank["rise"] > spec.blank_frames_min
     checks.append(Check(
-        "learning.blank_frames", "The trained model needs its frames", "results", "pass" if uses else "warn",
+        "learning.blank_frames", "The trained model needs its frames", "training", "pass" if uses else "warn",
         expected=f"the loss rises by more than {_pct(spec.blank_frames_min)} when every frame is blank",
         observed=f"loss {_fmt(blank['real'])} with the frames, {_fmt(blank['blank'])} blank ({blank['rise']:+.2%})",
         evidence=f"the checkpoint's model on the probe batch, then with every pixel set to 128. {batch}",
@@ -229,7 +229,7 @@ def check_learning(ev) -> list[Check]:
     isolation = clip_isolation(model, ev.frames, ev.latents, ev.targets)
     isolated = isolation["others"] <= 1e-6 * max(isolation["own"], 1e-12) and isolation["own"] > 0
     checks.append(Check(
-        "learning.clip_isolation", "Each clip's loss reaches only its own frames", "results",
+        "learning.clip_isolation", "Each clip's loss reaches only its own frames", "training",
         "pass" if isolated else "fail",
         expected="the gradient of clip 0's loss with respect to the pixels is zero on every other clip",
         observed=f"|∂ loss_0 / ∂ pixels| per clip: {', '.join(_fmt(v) for v in isolation['per_clip'])}",

@@ -219,6 +219,7 @@ def write_report(ev: "Evidence", checks: list[Check]) -> None:
 def print_table(ev: "Evidence", checks: list[Check], console=None) -> None:
     """One row per check on the terminal (rich), then the totals."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = console or Console()
@@ -228,7 +229,7 @@ def print_table(ev: "Evidence", checks: list[Check], console=None) -> None:
     table.add_column("check", no_wrap=True, style="bold")
     table.add_column("observed", overflow="fold")
     for c in checks:
-        table.add_row(c.symbol, c.id, c.observed)
+        table.add_row(c.symbol, c.id, escape(c.observed))   # `[eval]` is text, not markup
     console.print(table)
     total = counts(checks)
     console.print(f"{total['fail']} ❌  {total['warn']} ⚠️  {total['pass']} ✅  {total['info']} ℹ️   "

@@ -196,6 +196,8 @@ def eval_command(
             typer.echo(line)
     for line in ablation_lines(result):
         typer.echo(line)
+    flops = result["flops_per_clip"]
+    typer.echo(f"FLOPs per clip: {flops['forward'] / 1e9:.4g} G forward, {flops['train_step'] / 1e9:.4g} G training step")
     written = RunDir.open(run_dir).eval_file(split)
     typer.echo(f"wrote {written} and {written.with_suffix('.md').name}")
 

@@ -90,3 +90,34 @@ def test_pass_wiring_probes_hold_for_two_tokens_per_frame(tiny_model, tiny_batch
     assert max(perturb["change"][:t + 1]) <= threshold < min(perturb["change"][t + 1:]), perturb
     independence = probes.pass_independence(model, frames, latents)
     assert independence["next_latent_coarse"] == 0 and independence["next_latent_fine"] > 0
+
+
+def test_a_pooled_run_is_evaluated_audited_and_compared_as_one_pass(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from fovea.audit import audit_run
+    from fovea.cli import app
+    from fovea.core.train import train
+
+    runner = CliRunner()
+    runs = []
+    for encoder in ('{name = "pooled", size = "tiny", tokens = 4}', '{name = "deep", size = "tiny"}'):
+        runs.append(train(fovea.load_config(QUICKSTART, tiny_overrides(
+            tmp_path, **{"model.encoder": encoder, "data.num_clips": "10", "eval.val_clips": "2"}))))
+        result = runner.invoke(app, ["eval", str(runs[-1].path), "--modes", "coarse,fine"])
+        assert result.exit_code == 0, result.output
+    pooled, deep = (json.loads(run.eval_file().read_text()) for run in runs)
+    assert pooled["single_pass"] and "coarse" not in pooled["modes"] and pooled["improvement"] is None
+    assert not deep["single_pass"] and deep["improvement"] is not None
+    assert pooled["flops_per_clip"]["train_step"] > pooled["flops_per_clip"]["forward"] > 0
+    # four tokens per frame cost the LLM more than one foveated token read twice does not: both are counted
+    assert pooled["flops_per_clip"]["forward"] != deep["flops_per_clip"]["forward"]
+
+    checks = {c.id: c for c in audit_run(runs[0].path)[1]}
+    assert checks["wiring.pass2_shift"].status == "info" and "reads no query" in checks["wiring.pass2_shift"].observed
+    assert checks["results.improvement"].status == "info" and checks["wiring.no_target_leak"].status == "pass"
+    compared = runner.invoke(app, ["compare", *(str(run.path) for run in runs)])
+    assert compared.exit_code == 0, compared.output
+    assert "GFLOPs/clip" in compared.output and "pooled" in compared.output

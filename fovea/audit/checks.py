@@ -349,6 +349,9 @@ def check_wiring(ev: "Evidence") -> list[Check]:
             reason="wiring probes hold on any frames, but attention and correlation measured on noise say less "
                    "about the run's data",
             recommendation="audit where the run's data source is readable"))
+    if model.single_pass:   # a query-free encoder: no pass 2 to wire, no query to shift
+        checks += _single_pass_wiring(ev, model, frames, latents, targets, tol, batch)
+        return checks
 
     wiring = probes.query_wiring(model, frames, latents, targets)
     q_scale = max(model.q_static.abs().max().item(), model.q_init.abs().max().item(), 1e-12)
@@ -451,6 +454,40 @@ def check_wiring(ev: "Evidence") -> list[Check]:
     checks.append(_pass_independence_check(model, frames, latents, targets, tol, batch))
     if "caption" in model.objectives:
         checks.append(_caption_causality_check(model, ev, tol))
+    return checks
+
+
+ONE_PASS = "not applicable: the encoder `{}` reads no query (`uses_query = False`): one pass, its coarse is its fine"
+
+
+def _single_pass_wiring(ev, model, frames, latents, targets, tol, batch) -> list[Check]:
+    """The wiring of a query-free model: no leak, each frame encoded once; the two-pass checks say why not."""
+    name = ev.config.model.encoder.name
+    checks = [Check(key, title, "wiring", "info", expected="two passes (SPEC \"Two-pass training\")",
+                    observed=ONE_PASS.format(name))
+              for key, title in (("wiring.pass1_static", "Pass 1 reads every frame with the same static query"),
+                                 ("wiring.pass2_shift", "Pass 2 reads frame t with the query made after frame t−1"),
+                                 ("wiring.pass2_follows_pass1", "Pass-2 reads follow pass 1, one frame later"),
+                                 ("wiring.pass_independence", "Each pass predicts from its own states"))]
+    if "next_latent" in model.objectives:
+        leak = probes.target_leak(model, frames, latents, targets)
+        with torch.no_grad():
+            scale = max(model(frames, latents, targets).pred_fine.abs().max().item(), 1e-12)
+        leaking = leak["pred_fine"] > tol * max(scale, leak["pred_fine_response"])
+        checks.append(Check(
+            "wiring.no_target_leak", "No prediction sees its own target frame", "wiring", "fail" if leaking else "pass",
+            expected="the prediction for frame t depends on frames < t only (all K tokens of frame t come after it)",
+            observed=f"replacing frames ≥ t by noise moves the prediction for frame t by ≤ {_fmt(leak['pred_fine'])}; "
+                     f"predictions that may see the change move by {_fmt(leak['pred_fine_response'])}",
+            evidence=f"fovea.audit.probes.target_leak; threshold {_fmt(tol)} × prediction scale. {batch}",
+            reason="the prediction for frame t moves when frame t changes: the wiring is off by one" if leaking else "",
+            measurements=leak))
+    sizes = probes.encode_calls(model, frames, latents, targets)
+    once = sizes == [frames.shape[0] * frames.shape[1]]
+    checks.append(Check(
+        "wiring.encode_once", "Each frame is encoded once per step", "wiring", "pass" if once else "warn",
+        expected="one encoder.encode call over all B·T frames", observed=f"encode calls per forward, frames each: {sizes}",
+        reason="" if once else "the expensive per-frame encoding runs more than once", measurements={"sizes": sizes}))
     return checks
 
 
@@ -586,6 +623,11 @@ def check_query(ev: "Evidence") -> list[Check]:
         recommendation="" if status == "pass" else f"initialise with torch.randn (std {_fmt(spec.init_std)})",
         measurements=stds))
 
+    if model.single_pass:
+        checks.append(Check("query.sensitivity", "The encoder's output depends on the query", "query", "info",
+                            expected="outputs for two different queries clearly different",
+                            observed=ONE_PASS.format(name)))
+        return checks
     checks += _query_probes(ev)
     return checks
 
@@ -991,7 +1033,13 @@ def check_results(ev: "Evidence") -> list[Check]:
             observed=f"not measured: the objective `{held.get('primary')}` has no trivial baselines (`baselines`)"))
     else:
         checks.append(_learned_check(ev, held))
-    if held is not None:
+    if ev.model.single_pass:
+        checks.append(Check(
+            "results.improvement", "Foveation's improvement", "results", "info",
+            expected="(loss_coarse − loss_fine) / loss_coarse", observed=ONE_PASS.format(ev.config.model.encoder.name)
+            + ": there is no improvement to measure; compare its held-out loss with a foveated run's (fovea compare)"))
+        held = None if held is None else {**held, "improvement": None}
+    if held is not None and held.get("improvement") is not None:
         checks.append(_improvement_check(ev, held["improvement"], held["modes"]["fine"]["loss"],
                                          held["modes"]["coarse"]["loss"], f"{held['clips']} held-out clips, "
                                          f"{ev.evaluation_origin}", interval=True))
@@ -1003,12 +1051,14 @@ def check_results(ev: "Evidence") -> list[Check]:
                 checks.append(_for_objective(_improvement_check(
                     ev, figures["improvement"], figures["modes"]["fine"]["loss"], figures["modes"]["coarse"]["loss"],
                     f"{held['clips']} held-out clips, {ev.evaluation_origin}", interval=True), name))
-    elif tail:
+    elif tail and not ev.model.single_pass:
         checks.append(_improvement_check(ev, {"value": (train_coarse - train_fine) / train_coarse if train_coarse
                                               else 0.0, "ci95": None}, train_fine, train_coarse,
                                          f"training batches: mean over the last {len(tail)} of {window_note} in "
                                          f"metrics.jsonl (no held-out clips)", interval=False))
-    if held is None and not tail:
+    if (held is None and not tail) or ev.model.single_pass:
+        if held is not None and train_fine is not None:
+            checks.append(_overfitting_check(ev, held, train_fine))
         return checks
     fine, coarse = ((held["modes"]["fine"]["loss"], held["modes"]["coarse"]["loss"]) if held is not None
                     else (train_fine, train_coarse))

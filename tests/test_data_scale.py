@@ -263,3 +263,43 @@ def test_a_url_without_a_cache_is_one_error_and_writing_to_a_url_is_refused(tmp_
             cache_path(fovea.load_config(QUICKSTART, overrides))
     finally:
         stop(server)
+
+
+# --- precompute on many processes -----------------------------------------------------------------
+
+def test_precompute_on_two_processes_writes_the_clips_of_one_and_resumes_after_a_kill(tmp_path):
+    import time
+
+    from safetensors.torch import load_file
+
+    from tests.test_distributed import finish, torchrun
+
+    values = {"data.num_clips": "24", "data.shard_size": "2", "model.vae.init": '"random"'}
+    single = build_cache(fovea.load_config(QUICKSTART, tiny_overrides(tmp_path / "one", **values)), progress=False)
+    args = ["precompute", str(QUICKSTART), *set_args(tiny_overrides(tmp_path / "two", **values))]
+    root = tmp_path / "two" / "cache" / single.root.name
+
+    job = torchrun(*args)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(root.glob("shard-?????.json")) and time.monotonic() < deadline and job.poll() is None:
+            time.sleep(0.005)
+        import psutil
+
+        agent = psutil.Process(job.pid)
+        for process in [*agent.children(recursive=True), agent]:   # torchrun and both ranks, mid-write
+            process.send_signal(signal.SIGKILL)
+    finally:
+        job.communicate(timeout=60)
+    assert not (root / "manifest.json").exists(), "the job finished before it was killed"
+    written = {p.name: p.stat().st_mtime_ns for p in root.glob("shard-?????.json")}
+    assert written
+
+    out, _ = finish(torchrun(*args))
+    assert "clips: 24" in out and out.count("cache: ") == 1      # rank 0 speaks for the job
+    assert all((root / name).stat().st_mtime_ns == mtime for name, mtime in written.items())   # not written again
+    two = ClipCache(root)
+    assert len(two) == len(single) and two.clip_info() == single.clip_info()
+    for shard in range(12):
+        a, b = load_file(shard_file(single.root, shard)), load_file(shard_file(root, shard))
+        assert torch.equal(a["frames"], b["frames"]) and torch.equal(a["latents"], b["latents"]), shard

@@ -35,11 +35,14 @@ class ShuffledIndices(BaseNode[int]):
 
     def __init__(self, indices: list[int], seed: int, start: dict[str, int] | None = None):
         super().__init__()
-        self.indices, self.seed, self.start = list(indices), seed, start or {"epoch": 0, "position": 0}
+        # one int64 tensor, not a list of Python ints: 8 bytes a clip, also at 10^6 clips
+        self.indices = torch.as_tensor(list(indices) if not isinstance(indices, torch.Tensor) else indices,
+                                       dtype=torch.int64)                                   # (N,)
+        self.seed, self.start = seed, start or {"epoch": 0, "position": 0}
 
-    def _permutation(self) -> list[int]:
+    def _permutation(self) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return [self.indices[i] for i in torch.randperm(len(self.indices), generator=generator).tolist()]
+        return self.indices[torch.randperm(len(self.indices), generator=generator)]        # (N,)
 
     def reset(self, initial_state: dict[str, Any] | None = None) -> None:
         super().reset(initial_state)
@@ -52,7 +55,7 @@ class ShuffledIndices(BaseNode[int]):
             self.epoch, self.position = self.epoch + 1, 0
             self._order = self._permutation()
         self.position += 1
-        return self._order[self.position - 1]
+        return int(self._order[self.position - 1])
 
     def get_state(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "position": self.position}

@@ -54,9 +54,10 @@ class ShardStore:
     """
 
     def __init__(self, url: str, directory: Path, budget: int, retries: int, backoff_s: float = 0.5):
-        self.url, self.directory, self.budget = url.rstrip("/"), directory, budget
+        self.url, self.budget = url.rstrip("/"), budget
         self.retries, self.backoff_s = retries, backoff_s
-        directory.mkdir(parents=True, exist_ok=True)
+        self.directory, self._claim = _claim(directory)
+        directory = self.directory
         for leftover in directory.glob(".*.tmp"):                        # a killed process's half downloads
             leftover.unlink(missing_ok=True)
         self._lock = threading.Lock()                                     # guards the three below
@@ -165,6 +166,27 @@ class ShardStore:
         raise StreamError(f"cannot download {url} ({problem[:300]}) after {self.retries + 1} tries over "
                           f"{time.monotonic() - started:.0f} s; the run stops before its next step, its last "
                           f"checkpoint intact: once the server answers, continue with `fovea run --resume RUN_DIR`")
+
+
+def _claim(directory: Path):
+    """``directory`` held by this process (an advisory lock the kernel drops when it dies), or, when another
+    process (a ``fovea eval`` beside the training run) holds it, a directory of this process's own beside
+    it, removed at exit: two processes never delete each other's shards. (the directory, the lock's file)"""
+    import atexit
+    import fcntl
+    import shutil
+    import tempfile
+
+    directory.mkdir(parents=True, exist_ok=True)
+    handle = open(directory / ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return directory, handle
+    except BlockingIOError:
+        handle.close()
+    own = Path(tempfile.mkdtemp(prefix=f"{directory.name}-", dir=directory.parent))
+    atexit.register(shutil.rmtree, own, True)
+    return own, None
 
 
 class _Mismatch(Exception):

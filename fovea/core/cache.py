@@ -1,7 +1,8 @@
 """The clip cache: every clip decoded once, with its VAE latents, in shards that stream fast and are verified.
 
 ``<data.cache_dir>/<source>-<key>/`` holds ``shard-00000.safetensors`` … (uint8 ``frames``
-(n, T, 3, S, S) and float32 ``latents`` (n, T, C, h, w); the clips' source paths, frame indices,
+(n, T, 3, S, S), or with ``data.codec = "jpeg"`` their JPEGs end to end in ``jpeg`` with ``jpeg_offsets``
+(``fovea.core.codec``); ``latents`` (n, T, C, h, w) in float32 or ``data.latent_dtype``; the clips' source paths, frame indices,
 captions and the skipped items with their reasons in the shard's metadata), beside each shard its record
 ``shard-00000.json`` (size, SHA-256, clips, skipped items: written with the shard, from the bytes
 written), ``key.json`` (what the cache was made from), ``vae/`` (a random-initialised VAE, when the
@@ -15,6 +16,8 @@ A run checks every shard's size against the manifest when it opens the cache (st
 cache opens in seconds) and hashes each shard the first time it reads from it, in the loader's
 worker threads; a shard that does not match stops the run with one error naming the fix
 (``fovea precompute --repair CONFIG``). ``fovea precompute --verify`` hashes everything at once.
+Under torchrun ``fovea precompute`` writes the shards on every rank (``build_cache_on_ranks``); a cache
+under a URL is read through ``fovea.core.stream``, never written.
 """
 
 from __future__ import annotations

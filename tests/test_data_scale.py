@@ -303,3 +303,15 @@ def test_precompute_on_two_processes_writes_the_clips_of_one_and_resumes_after_a
     for shard in range(12):
         a, b = load_file(shard_file(single.root, shard)), load_file(shard_file(root, shard))
         assert torch.equal(a["frames"], b["frames"]) and torch.equal(a["latents"], b["latents"]), shard
+
+
+def test_decoding_on_the_gpu_without_one_is_refused_with_the_fix(tmp_path):
+    from fovea.core.loader import build_loader
+
+    config = fovea.load_config(QUICKSTART, tiny_overrides(tmp_path, **{"data.codec": '"jpeg"'}))
+    cache = build_cache(config, progress=False)
+    config.data.decode_device = "cuda"
+    if torch.cuda.is_available():
+        pytest.skip("this machine can decode on the GPU")
+    with pytest.raises(FoveaError, match="data.decode_device = 'cuda' but JPEG frames cannot be decoded on the GPU"):
+        build_loader(cache, config, torch.device("cpu"))

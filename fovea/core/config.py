@@ -101,7 +101,7 @@ class DataConfig(PluginTable):
 
 class EncoderTable(PluginTable):
     name: str = "deep"
-    """Vision encoder (a registered encoder): ``deep`` (SPEC), ``posthoc`` (baseline), or a plugin's."""
+    """Vision encoder (a registered encoder): ``deep`` (SPEC), ``posthoc`` (baseline), ``pooled`` or ``pixel_shuffle`` (query-free, K tokens per frame), or a plugin's."""
 
 
 class HeadTable(PluginTable):

@@ -14,6 +14,7 @@ from fovea.audit.learning import check_learning, check_loss_composition
 from fovea.audit.spec import load_spec
 from fovea.cli import app
 from fovea.core.model import FoveatedVLM
+from tests.helpers import reading_pass2
 from tests.test_audit import audit, train_tiny
 
 runner = CliRunner()
@@ -38,25 +39,10 @@ def test_the_aligned_run_passes_every_new_check(run):
 # --------------------------------------------------------------------------- pass independence
 
 
-def mixed_states(attribute: str):
-    """``PassStates`` whose ``attribute`` is read from the newest pass: the coarse terms score pass 2's states."""
-    from fovea.core.objectives import PassStates
-
-    made = []
-
-    class Mixed(PassStates):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            made.append(self)
-
-    setattr(Mixed, attribute, property(lambda self: getattr(PassStates, attribute).fget(made[-1])))
-    return Mixed
-
-
 def test_a_coarse_prediction_reading_pass_two_is_a_failure(run, monkeypatch):
     import fovea.core.model
 
-    monkeypatch.setattr(fovea.core.model, "PassStates", mixed_states("before_frames"))
+    monkeypatch.setattr(fovea.core.model, "PassStates", reading_pass2("before_frames"))
     check = audit(run.path, check_wiring)["wiring.pass_independence"]
     assert check.status == "fail" and "coarse prediction reads pass 2" in check.reason
     assert check.measurements["next_latent_coarse"] > 0
@@ -197,7 +183,7 @@ def test_an_initialisation_at_the_wrong_scale_is_flagged(run, monkeypatch):
 def test_strict_audit_exits_one_on_a_planted_bug(run, monkeypatch):
     import fovea.core.model
 
-    monkeypatch.setattr(fovea.core.model, "PassStates", mixed_states("before_frames"))
+    monkeypatch.setattr(fovea.core.model, "PassStates", reading_pass2("before_frames"))
     result = runner.invoke(app, ["audit", str(run.path), "--strict"])
     assert result.exit_code == 1 and "wiring.pass_independence" in result.output
 

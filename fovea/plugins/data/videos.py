@@ -256,16 +256,21 @@ def _manifest_seconds(value, key: str, where: str) -> float | None:
 
 
 def _manifest_jsonl_rows(manifest: Path):
-    text = _utf8(manifest.read_bytes(), manifest, "save it as UTF-8")
-    for number, line in enumerate(text.split("\n"), 1):
+    yield from _jsonl_objects(manifest, MANIFEST_FIX)
+
+
+def _jsonl_objects(path: Path, fix: str):
+    """(line number, object) of each non-blank line of a JSON-lines file; one clear error for a bad line."""
+    text = _utf8(path.read_bytes(), path, "save it as UTF-8")
+    for number, line in enumerate(text.split("\n"), 1):   # not splitlines: JSON strings may hold U+2028
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise FoveaError(f"{manifest}, line {number}: not valid JSON ({exc.msg}); {MANIFEST_FIX}") from None
+            raise FoveaError(f"{path}, line {number}: not valid JSON ({exc.msg}); {fix}") from None
         if not isinstance(row, dict):
-            raise FoveaError(f"{manifest}, line {number}: a JSON {type(row).__name__}, not an object; {MANIFEST_FIX}")
+            raise FoveaError(f"{path}, line {number}: a JSON {type(row).__name__}, not an object; {fix}")
         yield number, row
 
 
@@ -330,16 +335,7 @@ def read_caption_index(root: Path, files: list[Path]) -> dict[Path, str]:
 
 def _jsonl_entries(index: Path):
     """(line number, path, caption) of each non-blank line of a ``captions.jsonl``."""
-    text = _utf8(index.read_bytes(), index, "save it as UTF-8")
-    for number, line in enumerate(text.split("\n"), 1):   # not splitlines: JSON strings may hold U+2028
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise FoveaError(f"{index}, line {number}: not valid JSON ({exc.msg}); {JSONL_FIX}") from None
-        if not isinstance(entry, dict):
-            raise FoveaError(f"{index}, line {number}: a JSON {type(entry).__name__}, not an object; {JSONL_FIX}")
+    for number, entry in _jsonl_objects(index, JSONL_FIX):
         for key in ("path", "caption"):
             if key not in entry:
                 raise FoveaError(f"{index}, line {number}: no '{key}' key; {JSONL_FIX}")

@@ -89,7 +89,8 @@ def test_pass_wiring_probes_hold_for_two_tokens_per_frame(tiny_model, tiny_batch
     threshold = 1e-4 * perturb["scale"]
     assert max(perturb["change"][:t + 1]) <= threshold < min(perturb["change"][t + 1:]), perturb
     independence = probes.pass_independence(model, frames, latents)
-    assert independence["next_latent_coarse"] == 0 and independence["next_latent_fine"] > 0
+    scale = independence["next_latent_scale"]                  # float noise at 17 positions, as above
+    assert independence["next_latent_coarse"] <= 1e-5 * scale < independence["next_latent_fine"], independence
 
 
 def test_a_pooled_run_is_evaluated_audited_and_compared_as_one_pass(tmp_path):

@@ -286,8 +286,18 @@ def _architecture_of(ev: "Evidence", component: "Component") -> dict[str, Any] |
     return dict(hf_config) if isinstance(hf_config, dict) else None
 
 
+def _model_name(model_type: str) -> str:
+    """transformers' name for a ``model_type`` (``dinov2`` -> ``Dinov2``), from its config class; else the type."""
+    try:
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    except ImportError:
+        return str(model_type)
+    return CONFIG_MAPPING_NAMES.get(model_type, str(model_type)).removesuffix("Config")
+
+
 def _model_check(ev: "Evidence", key: str, component: "Component") -> Check:
     configured = config_value(ev.config, component.pretrained_key) if component.pretrained_key else None
+    table = component.pretrained_key.rsplit(".", 1)[0] if component.pretrained_key else None
     arch = _architecture_of(ev, component)
     mismatched = {}
     if arch is not None:
@@ -295,8 +305,14 @@ def _model_check(ev: "Evidence", key: str, component: "Component") -> Check:
             actual = arch.get(name)
             if not _same(actual, value):
                 mismatched[name] = (actual, value)
+    # Another kind of model (the spec's `model_type` differs: a DINOv2 backbone for DINOv3) is said as such:
+    # its sizes, registers and patch differ by construction, a list of them would only hide that.
+    other_model = None
+    if "model_type" in mismatched and mismatched["model_type"][0]:
+        actual, spec = mismatched["model_type"]
+        other_model = f"a {_model_name(actual)} model (`{actual}`), not the spec's {_model_name(spec)} (`{spec}`)"
     arch_text = ("architecture unknown (no transformers/diffusers config)" if arch is None else
-                 "architecture matches the spec" if not mismatched else
+                 "architecture matches the spec" if not mismatched else other_model or
                  "architecture differs: " + ", ".join(f"{k} {_fmt(a)} (spec {_fmt(b)})" for k, (a, b) in mismatched.items()))
     expected = f"`{component.pretrained}`" if component.pretrained else "the spec's architecture"
     if component.pretrained is None or (configured and configured == component.pretrained):
@@ -306,7 +322,6 @@ def _model_check(ev: "Evidence", key: str, component: "Component") -> Check:
     elif configured:
         status, observed = "warn", f"other weights `{configured}`; {arch_text}"
     else:
-        table = component.pretrained_key.rsplit(".", 1)[0] if component.pretrained_key else None
         size = config_value(ev.config, table + ".size") if table else None
         init = ev.config.model.vae.init if component.location == "vae" else "random"   # a VAE's: model.vae.init
         status = "warn"
@@ -314,6 +329,9 @@ def _model_check(ev: "Evidence", key: str, component: "Component") -> Check:
             + (f" at size `{size}`" if size else "") + f"; {arch_text}"
     if status == "pass":
         reason = ""
+    elif other_model:
+        reason = (f"the run uses {other_model}: a deliberate substitution or a mistake, either way its results say "
+                  f"little about the spec's")
     elif mismatched:
         reason = ("the run trains another model than the spec's: its results say little about the spec's (fine for a "
                   "debug run such as the quick start)")
@@ -326,7 +344,9 @@ def _model_check(ev: "Evidence", key: str, component: "Component") -> Check:
                  f"({', '.join(component.architecture) or 'nothing to compare'})",
         reason=reason, label="" if status == "pass" else "MODIFIED",
         recommendation="" if status == "pass" or not component.pretrained else
-        f"`{component.pretrained_key} = \"{component.pretrained}\"`",
+        f"`{component.pretrained_key} = \"{component.pretrained}\"`" + (
+            f" and `{table}.backbone` set to the backbone that reads it"
+            if other_model and table and config_value(ev.config, table + ".backbone") is not None else ""),
         measurements={"configured": configured, "architecture_mismatch": mismatched})
 
 

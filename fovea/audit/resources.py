@@ -43,8 +43,10 @@ def memory_model(config, model: torch.nn.Module, shards: int = 1) -> dict[str, f
     enc = getattr(model.encoder, "backbone_config", None)   # optional encoder extension: else not estimated
     encoder = 0
     if enc is not None:
-        tokens = B * T * ((S // enc.patch_size) ** 2 + 1 + enc.num_register_tokens)
-        per_layer = 10 * enc.hidden_size + 2 * enc.intermediate_size
+        # DINOv2's config has no registers and an MLP ratio where DINOv3's has intermediate_size
+        tokens = B * T * ((S // enc.patch_size) ** 2 + 1 + getattr(enc, "num_register_tokens", 0))
+        intermediate = getattr(enc, "intermediate_size", None) or int(enc.hidden_size * enc.mlp_ratio)
+        per_layer = 10 * enc.hidden_size + 2 * intermediate
         encoder = tokens * per_layer * enc.num_hidden_layers
     llm = model.llm.config
     llm_tokens = 2 * B * (T + 1)                                    # two passes over [mode, z_1..z_T]

@@ -53,7 +53,8 @@ class Component(SpecTable):
     pretrained_key: str | None = None
     """The config key that names the part's weights, e.g. ``model.encoder.pretrained``."""
     architecture: dict[str, Any] = {}
-    """Architecture values the part's (transformers/diffusers) config must have, e.g. ``hidden_size``."""
+    """Architecture values the part's (transformers/diffusers) config must have, e.g. ``hidden_size``; a
+    ``model_type`` that differs (a DINOv2 backbone for the spec's DINOv3) is reported as another model."""
 
     @model_validator(mode="after")
     def _located(self):

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fovea.core.config import FoveaConfig
-from fovea.core.errors import FoveaError, PluginError
+from fovea.core.errors import ConfigError, FoveaError, PluginError
 from fovea.core.objectives import Objective, PassStates, Term
 from fovea.core.text import TextCodec
 
@@ -286,6 +286,12 @@ def build_encoder(config: FoveaConfig) -> nn.Module:
     if not isinstance(getattr(encoder, "dim", None), int):
         raise PluginError(f"encoder '{table.name}' from {part.source}: an instance has no integer `dim` (the "
                           f"encoder contract, fovea.core.contracts.Encoder)")
+    # A ViT (the optional `backbone_config` extension) would drop the pixels past its last whole patch: a frame
+    # size that does not fit is refused here, before a run writes anything.
+    patch, size = getattr(getattr(encoder, "backbone_config", None), "patch_size", None), config.data.frame_size
+    if isinstance(patch, int) and size % patch:
+        raise ConfigError(f"data.frame_size = {size} does not fit the encoder's {patch}-px patches; choose a "
+                          f"multiple of {patch} (e.g. {4 * patch} or {16 * patch})")
     return encoder
 
 

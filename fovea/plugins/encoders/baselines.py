@@ -1,7 +1,8 @@
 """Query-free baselines with K tokens per frame: is one foveated token better than simply more tokens?
 
-Both read the same DINOv3 backbone's final patch tokens and ignore the query (``uses_query = False``): the
-model runs one pass, whose "coarse" is its "fine" (``FoveatedVLM._single_pass``).
+Both read the backbone's final patch tokens (DINOv3, or DINOv2 with ``backbone = "dinov2"``) and ignore
+the query (``uses_query = False``): the model runs one pass, whose "coarse" is its "fine"
+(``FoveatedVLM._single_pass``).
 
 - ``pooled``: the patch grid (g × g) average-pooled to k × k regions, K = k² tokens, each through one
   linear ``projection`` (D → D). With K = 1 a frame's token is ``projection(mean of its patch features)``.
@@ -23,7 +24,7 @@ from torch import nn
 
 from fovea.core.errors import ConfigError
 from fovea.core.hookspecs import hookimpl
-from fovea.plugins.encoders.dinov3 import DINOv3Options, load_dinov3, normalize
+from fovea.plugins.encoders.backbone import BACKBONES, BackboneOptions, ViT, load_backbone
 
 
 class _PatchBaseline(nn.Module):
@@ -31,12 +32,17 @@ class _PatchBaseline(nn.Module):
 
     uses_query = False
 
-    def __init__(self, config: DINOv3Options):
+    def __init__(self, config: BackboneOptions):
         super().__init__()
         self.config = config
-        self.backbone = load_dinov3(config)
+        self.backbone = load_backbone(config)
         self.dim = self.backbone.config.hidden_size
-        self.num_prefix_tokens = 1 + self.backbone.config.num_register_tokens  # CLS + registers
+        self.num_prefix_tokens = self.vit.num_prefix_tokens                # CLS + registers
+
+    @property
+    def vit(self) -> ViT:
+        """The backbone seen through its adapter."""
+        return BACKBONES[self.config.backbone](self.backbone)
 
     @property
     def backbone_config(self):
@@ -45,7 +51,7 @@ class _PatchBaseline(nn.Module):
 
     def encode(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
         """Frames (N, 3, H, W) in [0, 1] -> {"patches": (N, g, g, D)} the final normed patch tokens on their grid."""
-        tokens = self.backbone(pixel_values=normalize(frames)).last_hidden_state[:, self.num_prefix_tokens:]
+        tokens = self.backbone(pixel_values=self.vit.pixels(frames)).last_hidden_state[:, self.num_prefix_tokens:]
         N, P, D = tokens.shape
         side = math.isqrt(P)
         return {"patches": tokens.reshape(N, side, side, D)}
@@ -67,9 +73,9 @@ class _PatchBaseline(nn.Module):
 
 
 class PooledEncoder(_PatchBaseline):
-    """DINOv3 patch grid average-pooled to K tokens per frame, projected; no query (one pass)."""
+    """The backbone's patch grid average-pooled to K tokens per frame, projected; no query (one pass)."""
 
-    class Config(DINOv3Options):
+    class Config(BackboneOptions):
         """Options of the ``pooled`` encoder."""
 
         tokens: int = Field(1, ge=1)
@@ -99,7 +105,7 @@ class PooledEncoder(_PatchBaseline):
 class PixelShuffleEncoder(_PatchBaseline):
     """SmolVLM2-style: each r x r block of patches concatenated and projected, K = patches / r²; no query."""
 
-    class Config(DINOv3Options):
+    class Config(BackboneOptions):
         """Options of the ``pixel_shuffle`` encoder."""
 
         ratio: int = Field(2, ge=1)

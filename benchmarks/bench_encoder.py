@@ -41,8 +41,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=16,
                         help="frames N per call, one query each (16 = one SPEC micro-batch: batch 2 x T 8)")
-    parser.add_argument("--size", default="vits16", choices=["tiny", "vits16"], help="DINOv3 size preset")
-    parser.add_argument("--pixels", type=int, default=256, help="frame side (256 px: 16x16 patches + 5 = 261 tokens)")
+    parser.add_argument("--backbone", default="dinov3", choices=["dinov3", "dinov2"], help="the ViT (SPEC: dinov3)")
+    parser.add_argument("--size", default=None, choices=["tiny", "vits16", "vits14"],
+                        help="size preset (default: the backbone's ViT-S, vits16 or vits14)")
+    parser.add_argument("--pixels", type=int, default=None,
+                        help="frame side (default 256 px for DINOv3: 16x16 patches + 5 = 261 tokens; 224 px for "
+                             "DINOv2: 16x16 patches + 1)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (each times every path once)")
     parser.add_argument("--seed", type=int, default=0)
@@ -54,10 +58,11 @@ def main() -> None:
     from fovea.plugins.encoders.posthoc import PosthocEncoder
 
     load_at_start = round(os.getloadavg()[0], 2)  # the machine may be shared: say how busy it was
+    pixels = args.pixels or {"dinov3": 256, "dinov2": 224}[args.backbone]
     torch.manual_seed(args.seed)
-    deep = DeepEncoder(DeepEncoder.Config(size=args.size)).eval()
-    posthoc = PosthocEncoder(PosthocEncoder.Config(size=args.size)).eval()
-    frames = torch.rand(args.frames, 3, args.pixels, args.pixels)
+    deep = DeepEncoder(DeepEncoder.Config(backbone=args.backbone, size=args.size)).eval()
+    posthoc = PosthocEncoder(PosthocEncoder.Config(backbone=args.backbone, size=args.size)).eval()
+    frames = torch.rand(args.frames, 3, pixels, pixels)
     queries = torch.randn(args.frames, deep.dim)
 
     with torch.no_grad():
@@ -86,7 +91,7 @@ def main() -> None:
     ratio = statistics.median(ratios)
     print(json.dumps({
         "benchmark": "encoder: cached query pass vs full masked forward",
-        "size": args.size, "pixels": args.pixels, "frames": args.frames,
+        "backbone": args.backbone, "size": deep.config.size, "pixels": pixels, "frames": args.frames,
         "tokens": deep_cache["tokens"].shape[1], "dtype": "float32", "device": "cpu",
         "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "cpu": cpu_name(),

@@ -112,7 +112,10 @@ def precompute_command(
     repair: bool = typer.Option(False, "--repair", help="Check every file of the cache and decode again only the "
                                 "damaged shards from the source."),
 ) -> None:
-    """Decode every clip once and cache frames + VAE latents (resumable; `fovea run` reuses the cache)."""
+    """Decode every clip once and cache frames + VAE latents (resumable; `fovea run` reuses the cache).
+
+    On N processes: `torchrun --nproc_per_node=N -m fovea precompute CONFIG` (each rank its own shards).
+    """
     from fovea.core.cache import build_cache, verify_cache
     from fovea.core.config import load_config
     from fovea.core.devices import resolve_device
@@ -129,7 +132,13 @@ def precompute_command(
             raise FoveaError(f"{len(problems)} damaged file(s) in the clip cache at {root}; run `{command}` to "
                              f"make them again from the source")
         return
-    report = build_cache(cfg, resolve_device(cfg.run.device), progress=cfg.run.progress, repair=repair).report()
+    from fovea.core import distributed
+
+    device = resolve_device(cfg.run.device)   # under torchrun: this rank's GPU
+    with distributed.process_group(cfg.distributed.backend, device) as world:   # under torchrun: shards by rank
+        report = build_cache(cfg, device, progress=cfg.run.progress, repair=repair, parallel=True).report()
+    if not world.is_main:
+        return
     typer.echo(f"cache: {report['cache']}\nclips: {report['num_clips']}  skipped: {report['num_skipped']}")
     for item in report["skipped"]:
         typer.echo(f"  skipped {item['source'] or item['index']}: {item['reason']}")
@@ -196,6 +205,8 @@ def eval_command(
             typer.echo(line)
     for line in ablation_lines(result):
         typer.echo(line)
+    flops = result["flops_per_clip"]
+    typer.echo(f"FLOPs per clip: {flops['forward'] / 1e9:.4g} G forward, {flops['train_step'] / 1e9:.4g} G training step")
     written = RunDir.open(run_dir).eval_file(split)
     typer.echo(f"wrote {written} and {written.with_suffix('.md').name}")
 

@@ -65,6 +65,10 @@ class RunFigures:
     def samples_per_s(self) -> float | None:
         return ((self.summary or {}).get("last") or {}).get("samples_per_s")
 
+    def flops(self, which: str) -> float | None:
+        """FLOPs per clip of a ``forward`` or a ``train_step`` (forward and backward), measured by ``fovea eval``."""
+        return ((self.evaluation or {}).get("flops_per_clip") or {}).get(which)
+
 
 def expand(paths: Iterable[str | Path]) -> list[RunDir]:
     """Run directories from run and sweep directories (a sweep gives its started runs), each once, in order."""
@@ -220,13 +224,19 @@ def relative_cell(setting: Setting, get: Callable[[RunFigures], tuple[float, lis
         [f"seed {run.seed}: {percent(value)} [{percent(low)}, {percent(high)}]" for run, (value, (low, high)) in found]
 
 
+def flops_cell(setting: Setting, which: str) -> list[str]:
+    """GFLOPs per clip (the same for every seed of a setting: one figure)."""
+    found = [f for f in (run.flops(which) for run in setting.runs) if f is not None]
+    return [number(statistics.fmean(found) / 1e9, 4)] if found else [MISSING]
+
+
 def _of(found: list, setting: Setting) -> list[str]:
     return [f"({len(found)} of {len(setting.runs)} runs)"] if len(found) < len(setting.runs) else []
 
 
 def header(comparison: Comparison) -> list[str]:
     return ["#", *comparison.keys, "seeds", *comparison.modes, "best baseline", "improvement", "skill",
-            "samples/s", "steps"]
+            "GFLOPs/clip fwd", "GFLOPs/clip train", "samples/s", "steps"]
 
 
 def cells(comparison: Comparison, setting: Setting) -> list[list[str]]:
@@ -243,6 +253,7 @@ def cells(comparison: Comparison, setting: Setting) -> list[list[str]]:
         [number(statistics.fmean(loss for _, loss in baselines)), baselines[0][0]] if baselines else [MISSING],
         relative_cell(setting, RunFigures.improvement),
         relative_cell(setting, RunFigures.skill),
+        *[flops_cell(setting, which) for which in ("forward", "train_step")],
         [number(statistics.fmean(rates), 3) if rates else MISSING],
         [(str(steps[0]) if len(steps) == 1 else f"{steps[0]}–{steps[-1]}") if steps else MISSING]
         + ([f"({unfinished} unfinished)"] if unfinished else []),

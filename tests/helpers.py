@@ -59,3 +59,20 @@ def write_audio_only(path: Path) -> Path:
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def reading_pass2(attribute: str):
+    """A planted bug: ``PassStates`` whose ``attribute`` is read from the newest pass of the forward, so the
+    coarse terms score pass 2's states (both passes are built before any objective scores them). Patch it in
+    as ``fovea.core.model.PassStates``."""
+    from fovea.core.objectives import PassStates
+
+    made = []
+
+    class Mixed(PassStates):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    setattr(Mixed, attribute, property(lambda self: getattr(PassStates, attribute).fget(made[-1])))
+    return Mixed

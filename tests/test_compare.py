@@ -77,7 +77,7 @@ def test_markdown_table_has_mean_and_sd_over_seeds_and_each_runs_interval(runs):
     markdown = render_markdown(compare(runs))
     lines = markdown.splitlines()
     assert lines[2] == ("| # | training.lr | seeds | coarse | fine | autoregressive | best baseline | improvement | "
-                        "skill | samples/s | steps |")
+                        "skill | GFLOPs/clip fwd | GFLOPs/clip train | samples/s | steps |")
     first = lines[4].split(" | ")
     assert first[:3] == ["| 1", "0.001", "0, 1, 2"]
     assert first[4] == "0.5 ± 0.1"                                  # fine: mean ± s.d. of 0.4, 0.5, 0.6
@@ -85,12 +85,12 @@ def test_markdown_table_has_mean_and_sd_over_seeds_and_each_runs_interval(runs):
     assert first[7] == ("+20.00 ± 10.00 %<br>seed 0: +10.00 [+5.00, +15.00]<br>seed 1: +20.00 [+15.00, +25.00]"
                         "<br>seed 2: +30.00 [+25.00, +35.00]")
     assert first[8].startswith("+37.50 ± 12.50 %<br>seed 0: +50.00 [")   # skill 1 - fine / 0.8
-    assert first[9:] == ["100", "10 |"]                             # mean samples/s; steps
+    assert first[9:] == ["—", "—", "100", "10 |"]                   # no FLOPs in these eval.json; samples/s; steps
     second = lines[5].split(" | ")
     assert second[:3] == ["| 2", "0.002", "0, 1"]
     assert second[4] == "0.7<br>[0.69, 0.71]<br>(1 of 2 runs)"      # one evaluated run: its value and interval
     assert second[7] == "+5.00 %<br>[+1.00, +9.00]<br>(1 of 2 runs)"
-    assert second[10] == "10<br>(1 unfinished) |"
+    assert second[12] == "10<br>(1 unfinished) |"
     assert f"- b1: no eval.json; `fovea eval {runs[4]}` fills it" in markdown
     assert f"`fovea run --resume {runs[4]}` continues it" in markdown
     assert f"- #1 training.lr=0.001: `{runs[0]}` (seed 0), `{runs[1]}` (seed 1)" in markdown

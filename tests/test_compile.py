@@ -36,7 +36,7 @@ def test_compile_and_checkpointing_train_the_plain_runs_losses_into_the_same_nam
     assert names == plain[1] and not any("_orig_mod" in name or "checkpoint" in name for name in names)
 
 
-@pytest.mark.parametrize("encoder", ["deep", "posthoc"])
+@pytest.mark.parametrize("encoder", ["deep", "posthoc", "pooled"])
 def test_checkpointed_and_compiled_encoders_give_the_same_loss_and_gradients(tmp_path, tiny_batch, encoder):
     from fovea.core.compile import compile_model
 

@@ -14,7 +14,7 @@ import fovea
 from fovea.audit import probes
 from fovea.cli import app
 from fovea.core.text import IGNORE, ByteTokenizer, TextCodec
-from tests.helpers import ROOT, tiny_overrides
+from tests.helpers import ROOT, reading_pass2, tiny_overrides
 
 runner = CliRunner()
 CAPTION_CONFIG = ROOT / "configs" / "caption_synthetic.toml"
@@ -115,22 +115,6 @@ def test_the_prompt_conditions_both_passes(tmp_path, caption_batch):
     assert not torch.allclose(a.queries, b.queries)                                     # queries depend on the prompt
     assert not torch.allclose(a.pred_coarse, b.pred_coarse) and not torch.allclose(a.pred_fine, b.pred_fine)
     assert set(plain.state_dict()) == set(asked.state_dict())                           # same checkpoint names
-
-
-def reading_pass2(attribute: str):
-    """``PassStates`` whose ``attribute`` is read from the newest pass of the forward: the coarse terms then
-    score pass 2's states (both passes are built before any objective scores them)."""
-    from fovea.core.objectives import PassStates
-
-    made = []
-
-    class Mixed(PassStates):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            made.append(self)
-
-    setattr(Mixed, attribute, property(lambda self: getattr(PassStates, attribute).fget(made[-1])))
-    return Mixed
 
 
 @pytest.mark.parametrize("bug", ["caption_coarse_reads_pass2", "latent_coarse_reads_pass2", "caption_sees_its_token"])

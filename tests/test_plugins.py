@@ -44,9 +44,37 @@ class Throwaway:
         class Config(BaseModel):
             pass
 
+        def encode(self, frames):
+            return frames
+
+        def attend(self, queries, cache, return_attention=False):
+            return queries
+
     @fovea.hookimpl
     def fovea_register_encoders(self, register):
         register("throwaway", self.Encoder)
+
+
+def test_an_encoder_without_its_contract_is_refused_naming_the_plugin():
+    class Half:
+        class Encoder(nn.Module):
+            class Config(BaseModel):
+                pass
+
+            def encode(self, frames):
+                return frames
+
+        @fovea.hookimpl
+        def fovea_register_encoders(self, register):
+            register("half", self.Encoder)
+
+    plugin = Half()
+    plugins.register_plugin(plugin, name="half-plugin")
+    try:
+        with pytest.raises(PluginError, match="encoder 'half' from half-plugin: .* lacks attend of the encoder contract"):
+            plugins.get_parts("encoder")
+    finally:
+        plugins.unregister_plugin(plugin)
 
 
 def test_throwaway_plugin_registers_and_unregisters():

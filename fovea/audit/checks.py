@@ -20,87 +20,44 @@ is ⚠️). More epochs than the spec allows are ⚠️ (a risk of overfitting, 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from fovea.audit import probes
+from fovea.audit.findings import LABELS, SECTIONS, SEVERITY, SYMBOLS, Check, Status, _fmt, _pct  # noqa: F401
+from fovea.audit.learning import check_learning, check_loss_composition
 
 if TYPE_CHECKING:
     from fovea.audit.run import Evidence
     from fovea.audit.spec import Component
 
-Status = Literal["pass", "warn", "fail", "info"]
-SYMBOLS: dict[str, str] = {"pass": "✅", "warn": "⚠️", "fail": "❌", "info": "ℹ️"}
-LABELS: dict[str, str] = {"pass": "ALIGNED", "warn": "WARNING", "fail": "MISALIGNED", "info": "INFO"}
-SEVERITY: dict[str, int] = {"info": 0, "pass": 1, "warn": 2, "fail": 3}
-
-# (section id, title) in report order
-SECTIONS: list[tuple[str, str]] = [
-    ("components", "Component training status"),
-    ("wiring", "Two-pass wiring"),
-    ("query", "Query mechanism"),
-    ("head", "Prediction head"),
-    ("training", "Training configuration"),
-    ("results", "Results"),
-    ("resources", "Resources"),
-]
-
-
-@dataclass
-class Check:
-    """One finding: what the spec expects, what was observed, the evidence, and why it matters."""
-
-    id: str                       # stable dotted id, e.g. "components.encoder", "wiring.no_target_leak"
-    title: str
-    section: str                  # one of SECTIONS' ids
-    status: Status
-    expected: str
-    observed: str
-    evidence: str = ""            # how it was measured, with the numbers
-    reason: str = ""              # why it matters / the impact
-    recommendation: str = ""      # what to do (non-passing checks)
-    label: str = ""               # the word next to the symbol (MODIFIED, SIMPLIFIED, ...); default by status
-    measurements: dict[str, Any] = field(default_factory=dict)   # raw numbers for audit.json
-
-    @property
-    def symbol(self) -> str:
-        return SYMBOLS[self.status]
-
-    @property
-    def word(self) -> str:
-        return self.label or LABELS[self.status]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "symbol": self.symbol, "label": self.word}
-
 
 def run_checks(ev: "Evidence", groups: list[Callable[["Evidence"], list[Check]]] | None = None) -> list[Check]:
-    """The check groups (default: all, in report order) on one run's evidence."""
+    """The check groups (default: all, in report order) on one run's evidence, at the spec's levels."""
     checks: list[Check] = []
     for group in groups or CHECK_GROUPS:
         checks += group(ev)
-    return checks
+    return [apply_level(check, ev.spec.requirements) for check in checks]
+
+
+LEVEL_WORDS = {"must": "a MUST of the spec", "should": "a SHOULD of the spec", "info": "informative in this spec"}
+
+
+def apply_level(check: Check, requirements: dict[str, str]) -> Check:
+    """A violated (⚠️/❌) check at the level the spec gives it: must ❌, should ⚠️, info ℹ️; passes unchanged."""
+    level = requirements.get(check.id)
+    if level is None or check.status not in ("warn", "fail"):
+        return check
+    status = {"must": "fail", "should": "warn", "info": "info"}[level]
+    if status != check.status:
+        check.reason = f"{LEVEL_WORDS[level]}: " + (check.reason or "violated")
+        check.status = status
+    return check
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _fmt(value: Any) -> str:
-    """A number or value as the report shows it."""
-    if isinstance(value, bool) or value is None:
-        return str(value).lower() if isinstance(value, bool) else "unset"
-    if isinstance(value, float):
-        if value == 0 or math.isinf(value) or math.isnan(value):
-            return str(value)
-        return f"{value:.3g}" if abs(value) < 1e-3 or abs(value) >= 1e5 else f"{value:.6g}"
-    return str(value)
-
-
-def _pct(value: float) -> str:
-    return f"{100 * value:.1f} %"
 
 
 def _count(n: int) -> str:
@@ -320,8 +277,8 @@ def _architecture_of(ev: "Evidence", component: "Component") -> dict[str, Any] |
         module = ev.initial
         for name in component.modules[0].split("."):
             module = getattr(module, name, None)
-        module = getattr(module, "backbone", module)
-    hf_config = getattr(module, "config", None)
+    # a transformers model has `config`; an encoder may expose its backbone's (fovea.core.contracts.Encoder)
+    hf_config = getattr(module, "backbone_config", None) or getattr(module, "config", None)
     if hf_config is None:
         return None
     if hasattr(hf_config, "to_dict"):
@@ -329,8 +286,18 @@ def _architecture_of(ev: "Evidence", component: "Component") -> dict[str, Any] |
     return dict(hf_config) if isinstance(hf_config, dict) else None
 
 
+def _model_name(model_type: str) -> str:
+    """transformers' name for a ``model_type`` (``dinov2`` -> ``Dinov2``), from its config class; else the type."""
+    try:
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    except ImportError:
+        return str(model_type)
+    return CONFIG_MAPPING_NAMES.get(model_type, str(model_type)).removesuffix("Config")
+
+
 def _model_check(ev: "Evidence", key: str, component: "Component") -> Check:
     configured = config_value(ev.config, component.pretrained_key) if component.pretrained_key else None
+    table = component.pretrained_key.rsplit(".", 1)[0] if component.pretrained_key else None
     arch = _architecture_of(ev, component)
     mismatched = {}
     if arch is not None:
@@ -338,8 +305,14 @@ def _model_check(ev: "Evidence", key: str, component: "Component") -> Check:
             actual = arch.get(name)
             if not _same(actual, value):
                 mismatched[name] = (actual, value)
+    # Another kind of model (the spec's `model_type` differs: a DINOv2 backbone for DINOv3) is said as such:
+    # its sizes, registers and patch differ by construction, a list of them would only hide that.
+    other_model = None
+    if "model_type" in mismatched and mismatched["model_type"][0]:
+        actual, spec = mismatched["model_type"]
+        other_model = f"a {_model_name(actual)} model (`{actual}`), not the spec's {_model_name(spec)} (`{spec}`)"
     arch_text = ("architecture unknown (no transformers/diffusers config)" if arch is None else
-                 "architecture matches the spec" if not mismatched else
+                 "architecture matches the spec" if not mismatched else other_model or
                  "architecture differs: " + ", ".join(f"{k} {_fmt(a)} (spec {_fmt(b)})" for k, (a, b) in mismatched.items()))
     expected = f"`{component.pretrained}`" if component.pretrained else "the spec's architecture"
     if component.pretrained is None or (configured and configured == component.pretrained):
@@ -349,7 +322,6 @@ def _model_check(ev: "Evidence", key: str, component: "Component") -> Check:
     elif configured:
         status, observed = "warn", f"other weights `{configured}`; {arch_text}"
     else:
-        table = component.pretrained_key.rsplit(".", 1)[0] if component.pretrained_key else None
         size = config_value(ev.config, table + ".size") if table else None
         init = ev.config.model.vae.init if component.location == "vae" else "random"   # a VAE's: model.vae.init
         status = "warn"
@@ -357,6 +329,9 @@ def _model_check(ev: "Evidence", key: str, component: "Component") -> Check:
             + (f" at size `{size}`" if size else "") + f"; {arch_text}"
     if status == "pass":
         reason = ""
+    elif other_model:
+        reason = (f"the run uses {other_model}: a deliberate substitution or a mistake, either way its results say "
+                  f"little about the spec's")
     elif mismatched:
         reason = ("the run trains another model than the spec's: its results say little about the spec's (fine for a "
                   "debug run such as the quick start)")
@@ -369,7 +344,9 @@ def _model_check(ev: "Evidence", key: str, component: "Component") -> Check:
                  f"({', '.join(component.architecture) or 'nothing to compare'})",
         reason=reason, label="" if status == "pass" else "MODIFIED",
         recommendation="" if status == "pass" or not component.pretrained else
-        f"`{component.pretrained_key} = \"{component.pretrained}\"`",
+        f"`{component.pretrained_key} = \"{component.pretrained}\"`" + (
+            f" and `{table}.backbone` set to the backbone that reads it"
+            if other_model and table and config_value(ev.config, table + ".backbone") is not None else ""),
         measurements={"configured": configured, "architecture_mismatch": mismatched})
 
 
@@ -392,6 +369,9 @@ def check_wiring(ev: "Evidence") -> list[Check]:
             reason="wiring probes hold on any frames, but attention and correlation measured on noise say less "
                    "about the run's data",
             recommendation="audit where the run's data source is readable"))
+    if model.single_pass:   # a query-free encoder: no pass 2 to wire, no query to shift
+        checks += _single_pass_wiring(ev, model, frames, latents, targets, tol, batch)
+        return checks
 
     wiring = probes.query_wiring(model, frames, latents, targets)
     q_scale = max(model.q_static.abs().max().item(), model.q_init.abs().max().item(), 1e-12)
@@ -497,6 +477,40 @@ def check_wiring(ev: "Evidence") -> list[Check]:
     return checks
 
 
+ONE_PASS = "not applicable: the encoder `{}` reads no query (`uses_query = False`): one pass, its coarse is its fine"
+
+
+def _single_pass_wiring(ev, model, frames, latents, targets, tol, batch) -> list[Check]:
+    """The wiring of a query-free model: no leak, each frame encoded once; the two-pass checks say why not."""
+    name = ev.config.model.encoder.name
+    checks = [Check(key, title, "wiring", "info", expected="two passes (SPEC \"Two-pass training\")",
+                    observed=ONE_PASS.format(name))
+              for key, title in (("wiring.pass1_static", "Pass 1 reads every frame with the same static query"),
+                                 ("wiring.pass2_shift", "Pass 2 reads frame t with the query made after frame t−1"),
+                                 ("wiring.pass2_follows_pass1", "Pass-2 reads follow pass 1, one frame later"),
+                                 ("wiring.pass_independence", "Each pass predicts from its own states"))]
+    if "next_latent" in model.objectives:
+        leak = probes.target_leak(model, frames, latents, targets)
+        with torch.no_grad():
+            scale = max(model(frames, latents, targets).pred_fine.abs().max().item(), 1e-12)
+        leaking = leak["pred_fine"] > tol * max(scale, leak["pred_fine_response"])
+        checks.append(Check(
+            "wiring.no_target_leak", "No prediction sees its own target frame", "wiring", "fail" if leaking else "pass",
+            expected="the prediction for frame t depends on frames < t only (all K tokens of frame t come after it)",
+            observed=f"replacing frames ≥ t by noise moves the prediction for frame t by ≤ {_fmt(leak['pred_fine'])}; "
+                     f"predictions that may see the change move by {_fmt(leak['pred_fine_response'])}",
+            evidence=f"fovea.audit.probes.target_leak; threshold {_fmt(tol)} × prediction scale. {batch}",
+            reason="the prediction for frame t moves when frame t changes: the wiring is off by one" if leaking else "",
+            measurements=leak))
+    sizes = probes.encode_calls(model, frames, latents, targets)
+    once = sizes == [frames.shape[0] * frames.shape[1]]
+    checks.append(Check(
+        "wiring.encode_once", "Each frame is encoded once per step", "wiring", "pass" if once else "warn",
+        expected="one encoder.encode call over all B·T frames", observed=f"encode calls per forward, frames each: {sizes}",
+        reason="" if once else "the expensive per-frame encoding runs more than once", measurements={"sizes": sizes}))
+    return checks
+
+
 def _pass_independence_check(model, frames, latents, targets, tol: float, batch: str) -> Check:
     """Each objective's coarse loss comes from pass 1 alone, its fine loss from pass 2's reads."""
     found = probes.pass_independence(model, frames, latents, targets)
@@ -596,7 +610,7 @@ def check_query(ev: "Evidence") -> list[Check]:
     projection = getattr(encoder, "query_input_proj", None)
     if projection is None:
         checks.append(Check("query.input_proj_bias", "query_input_proj has no bias", "query", "info",
-                            expected="no bias", observed="the encoder has no `query_input_proj`",
+                            expected="no bias", observed="not measured: the encoder has no `query_input_proj`",
                             reason="not measurable for this encoder; the sensitivity probe covers the failure it guards against"))
     else:
         has_bias = getattr(projection, "bias", None) is not None
@@ -629,6 +643,11 @@ def check_query(ev: "Evidence") -> list[Check]:
         recommendation="" if status == "pass" else f"initialise with torch.randn (std {_fmt(spec.init_std)})",
         measurements=stds))
 
+    if model.single_pass:
+        checks.append(Check("query.sensitivity", "The encoder's output depends on the query", "query", "info",
+                            expected="outputs for two different queries clearly different",
+                            observed=ONE_PASS.format(name)))
+        return checks
     checks += _query_probes(ev)
     return checks
 
@@ -693,6 +712,12 @@ def _query_probes(ev: "Evidence") -> list[Check]:
             reason="" if exact else "the cheap query pass does not compute the spec's mechanism",
             recommendation="" if exact else "compare attend with masked_forward layer by layer",
             measurements={k: inv[k] for k in ("features_vs_cache", "tokens_vs_cache")}))
+    else:
+        checks.append(Check(
+            "query.cache_matches_reference", "The cached query pass computes the full masked forward", "query",
+            "info", expected="attend on the per-layer K/V cache = the encoder re-run with the query and the mask",
+            observed="not measured: the encoder has no reference forward (`masked_forward`, an optional extension of "
+                     "the encoder contract)"))
 
     cache = encoder.encode(pixels)
     sens = probes.query_sensitivity(encoder, cache, queries_a, queries_b)
@@ -747,10 +772,35 @@ def _entropy_check(ev: "Evidence", out, batch: str) -> Check:
     static, dynamic = getattr(out, "attention_static", None), getattr(out, "attention_dynamic", None)
     if static is None or dynamic is None:
         return Check("query.entropy", "Attention is not uniform", "query", "info",
-                     expected="attention entropy well below log N", observed="the encoder returns no attention",
+                     expected="attention entropy well below log N",
+                     observed="not measured: the encoder returns no attention (attend(..., return_attention=True))",
                      reason="not measurable; the sensitivity probe covers the query mechanism",
                      recommendation="return (features, attention) from attend(return_attention=True)")
-    s, d = probes.attention_stats(static), probes.attention_stats(dynamic)
+    from fovea.core.attention import patch_attention_stats, token_layout
+
+    prefix = getattr(ev.model.encoder, "num_prefix_tokens", None)   # optional contract extension
+    layout = token_layout(static.shape[-1], prefix) if isinstance(prefix, int) else None
+    if layout is None:                      # the columns' meaning is unknown: over every column, as given
+        prefix, layout = 0, (static.shape[-1], 0)
+        columns = "every column (the encoder does not say which are CLS/registers: `num_prefix_tokens`)"
+    else:
+        columns = (f"the {layout[0]} patches, renormalised ({prefix} CLS/register columns"
+                   + (" and the query's own column" if layout[1] else "") + " reported apart)")
+    s, d = (patch_attention_stats(a, prefix, layout[0]) for a in (static, dynamic))
+    sunk = {name: stats for name, stats in (("static", s), ("dynamic", d)) if stats["mass_patches"] < 0.5}
+    if sunk:
+        names = " and ".join(sunk)
+        return Check(
+            "query.entropy", "The queries look at the image", "query", "fail",
+            expected="most of each query's attention on the patches, its entropy over them below log P",
+            observed="; ".join(f"{n}: {v['mass_patches']:.1%} on the patches, {v['mass_prefix']:.1%} on CLS/registers, "
+                               f"{v['mass_self']:.1%} on itself" for n, v in (("static", s), ("dynamic", d))),
+            evidence=f"final-layer attention of every pass-1 and pass-2 read (mean over heads) in one forward, over "
+                     f"{columns}. {batch}",
+            reason=f"the {names} queries put most of their attention outside the image: DINOv3's registers are "
+                   f"attention sinks, and a query collapsed onto one reads as focused while it reads nothing",
+            recommendation="check the query's scale and the injection; compare heatmaps of static and dynamic reads",
+            measurements={"static": s, "dynamic": d})
     near_uniform = d["ratio"] >= spec.entropy_warn_ratio
     encoder_component = next((c for c in ev.spec.components.values() if c.modules == ["encoder"]), None)
     random_init = encoder_component is not None and _is_random(ev.config, encoder_component)
@@ -770,8 +820,11 @@ def _entropy_check(ev: "Evidence", out, batch: str) -> Check:
         expected=f"entropy / log N < {_fmt(spec.entropy_warn_ratio)}, dynamic lower than static (SPEC diagnostics)",
         observed=(f"static {s['entropy']:.3f} nats, dynamic {d['entropy']:.3f} nats, log N = {s['log_n']:.3f} "
                   f"(N = {s['num_tokens']} tokens): ratios {s['ratio']:.3f} / {d['ratio']:.3f}; peak weight "
-                  f"{s['peak']:.3f} / {d['peak']:.3f} (uniform {s['uniform_peak']:.3f})"),
-        evidence=f"final-layer attention of every pass-1 and pass-2 read (mean over heads) in one forward. {batch}",
+                  f"{s['peak']:.3f} / {d['peak']:.3f} (uniform {s['uniform_peak']:.3f}); mass on the patches "
+                  f"{s['mass_patches']:.1%} / {d['mass_patches']:.1%}, on CLS/registers {s['mass_prefix']:.1%} / "
+                  f"{d['mass_prefix']:.1%}, on itself {s['mass_self']:.1%} / {d['mass_self']:.1%}"),
+        evidence=f"final-layer attention of every pass-1 and pass-2 read (mean over heads) in one forward, over "
+                 f"{columns}. {batch}",
         reason=reason,
         recommendation="" if status == "pass" else
         ("train longer or from the pretrained encoder, then audit again" if random_init else
@@ -1014,9 +1067,20 @@ def check_results(ev: "Evidence") -> list[Check]:
             expected="held-out loss_fine below the mean-latent and copy-previous baselines",
             observed=f"not measurable: {ev.evaluation_origin}",
             recommendation="train with held-out clips ([eval] val_fraction or val_clips) and audit again"))
+    elif held.get("skill") is None:   # an objective without trivial baselines (a plugin's)
+        checks.append(Check(
+            "results.learned", "The model beats the trivial baselines on held-out clips", "results", "info",
+            expected="held-out loss_fine below the best trivial baseline",
+            observed=f"not measured: the objective `{held.get('primary')}` has no trivial baselines (`baselines`)"))
     else:
         checks.append(_learned_check(ev, held))
-    if held is not None:
+    if ev.model.single_pass:
+        checks.append(Check(
+            "results.improvement", "Foveation's improvement", "results", "info",
+            expected="(loss_coarse − loss_fine) / loss_coarse", observed=ONE_PASS.format(ev.config.model.encoder.name)
+            + ": there is no improvement to measure; compare its held-out loss with a foveated run's (fovea compare)"))
+        held = None if held is None else {**held, "improvement": None}
+    if held is not None and held.get("improvement") is not None:
         checks.append(_improvement_check(ev, held["improvement"], held["modes"]["fine"]["loss"],
                                          held["modes"]["coarse"]["loss"], f"{held['clips']} held-out clips, "
                                          f"{ev.evaluation_origin}", interval=True))
@@ -1028,12 +1092,14 @@ def check_results(ev: "Evidence") -> list[Check]:
                 checks.append(_for_objective(_improvement_check(
                     ev, figures["improvement"], figures["modes"]["fine"]["loss"], figures["modes"]["coarse"]["loss"],
                     f"{held['clips']} held-out clips, {ev.evaluation_origin}", interval=True), name))
-    elif tail:
+    elif tail and not ev.model.single_pass:
         checks.append(_improvement_check(ev, {"value": (train_coarse - train_fine) / train_coarse if train_coarse
                                               else 0.0, "ci95": None}, train_fine, train_coarse,
                                          f"training batches: mean over the last {len(tail)} of {window_note} in "
                                          f"metrics.jsonl (no held-out clips)", interval=False))
-    if held is None and not tail:
+    if (held is None and not tail) or ev.model.single_pass:
+        if held is not None and train_fine is not None:
+            checks.append(_overfitting_check(ev, held, train_fine))
         return checks
     fine, coarse = ((held["modes"]["fine"]["loss"], held["modes"]["coarse"]["loss"]) if held is not None
                     else (train_fine, train_coarse))
@@ -1319,4 +1385,6 @@ def check_components_models(ev: "Evidence") -> list[Check]:
 
 
 CHECK_GROUPS: list[Callable[["Evidence"], list[Check]]] = [
-    check_components, check_wiring, check_query, check_head, check_training, check_results, check_resources]
+    check_components, check_wiring, check_query, check_head, check_training, check_loss_composition,
+    check_learning, check_results, check_resources]
+

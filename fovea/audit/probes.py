@@ -7,7 +7,7 @@ Wiring: ``target_leak``, ``query_wiring``, ``pass1_perturbation``, ``encode_call
 ``pass_independence`` (every objective), ``caption_causality``. Every probe takes the objectives'
 ``targets`` (``FoveatedVLM.prepare``) for models that read text. Query mechanism
 (any encoder that keeps the contract ``encode``/``attend``/``dim``): ``query_sensitivity``,
-``attention_stats``, ``patch_invariance``. Head: ``head_probe``. Training: ``gradient_reach``.
+``patch_invariance`` (attention statistics: ``fovea.core.attention``). Head: ``head_probe``. Training: ``gradient_reach``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import sys
 from typing import Any, Callable, Iterator
 
 import torch
@@ -168,9 +167,10 @@ def pass1_perturbation(model, frames: torch.Tensor, latents: torch.Tensor, t: in
         calls.append(queries.detach().clone())
         if len(calls) == 1:                                                      # pass 1
             features, rest = (out[0], out[1:]) if isinstance(out, tuple) else (out, None)
-            nudged = features.view(B, T, -1).clone()
+            nudged = features.reshape(B, T, *features.shape[1:]).clone()          # (B, T, [K,] D)
             nudged[:, t] += features.float().std().clamp_min(1e-3).to(features.dtype)
-            out = nudged.flatten(0, 1) if rest is None else (nudged.flatten(0, 1), *rest)
+            nudged = nudged.reshape(features.shape)
+            out = nudged if rest is None else (nudged, *rest)
         return out
 
     with _replaced(model.encoder, "attend", perturbed):
@@ -207,16 +207,6 @@ def query_sensitivity(encoder, cache, queries_a: torch.Tensor, queries_b: torch.
             "query_vs_frame": (switch_query / switch_frame).item() if switch_frame > 0 else math.inf}
 
 
-def attention_stats(attention: torch.Tensor) -> dict[str, float]:
-    """Entropy of attention rows (..., K) against log K, the uniform distribution's (SPEC: collapse ≈ log N)."""
-    weights = attention.float().flatten(0, -2)                                   # (rows, K)
-    entropy = -(weights * weights.clamp_min(1e-30).log()).sum(dim=-1)            # (rows,)
-    log_n = math.log(weights.shape[-1])
-    return {"entropy": entropy.mean().item(), "log_n": log_n, "ratio": entropy.mean().item() / log_n,
-            "peak": weights.amax(dim=-1).mean().item(), "uniform_peak": 1.0 / weights.shape[-1],
-            "num_tokens": weights.shape[-1]}
-
-
 def _snapshot(value):
     """A deep copy of the tensors in a cache (dicts, lists, tuples of tensors)."""
     if isinstance(value, torch.Tensor):
@@ -246,20 +236,10 @@ def _largest_change(before, after) -> float:
 
 
 def reference_forward(encoder) -> Callable | None:
-    """The encoder's slow reference with the query in the sequence, if it has one.
-
-    Convention: ``encoder.masked_forward(frames, queries)``, or a module-level
-    ``masked_forward(encoder, frames, queries)`` in the module of the encoder's class or a base class
-    (``deep`` has one); either returns ``(features (N, D), image tokens (N, K, D))``.
-    """
+    """The encoder's slow reference with the query in the sequence, if it has one: the optional contract
+    extension ``encoder.masked_forward(frames, queries)`` -> ``(features (N, D), image tokens (N, K, D))``."""
     method = getattr(encoder, "masked_forward", None)
-    if callable(method):
-        return method
-    for cls in type(encoder).__mro__:
-        function = getattr(sys.modules.get(cls.__module__), "masked_forward", None)
-        if callable(function):
-            return lambda frames, queries: function(encoder, frames, queries)
-    return None
+    return method if callable(method) else None
 
 
 @torch.no_grad()

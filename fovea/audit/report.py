@@ -60,8 +60,14 @@ def header(ev: "Evidence") -> dict[str, Any]:
             "probe_batch": ev.batch_origin, "probe_device": "cpu, float32"}
 
 
+def not_measured(checks: list[Check]) -> list[Check]:
+    """The checks whose probe could not run on this run (a part without an optional extension, no eval.json, ...)."""
+    return [c for c in checks if c.status == "info" and c.observed.startswith(("not measured", "not measurable"))]
+
+
 def to_json(ev: "Evidence", checks: list[Check]) -> dict[str, Any]:
     return {**header(ev), "counts": counts(checks),
+            "not_measured": {c.id: c.observed for c in not_measured(checks)},
             "sections": {sid: section_status([c for c in checks if c.section == sid])[0]
                          for sid, _ in SECTIONS if any(c.section == sid for c in checks)},
             "checks": [_json_safe(c.as_dict()) for c in checks]}
@@ -95,6 +101,10 @@ def to_markdown(ev: "Evidence", checks: list[Check]) -> str:
         f"- **Audited:** {head['audited_at']} by fovea {head['fovea_version']}",
         "",
         f"**Result: {total['fail']} ❌ · {total['warn']} ⚠️ · {total['pass']} ✅ · {total['info']} ℹ️**",
+        "",
+        f"**Probes:** {len(checks) - len(not_measured(checks))} checks measured; "
+        + ("every probe ran." if not not_measured(checks) else "not measured: " + "; ".join(
+            f"`{c.id}` ({c.observed.removeprefix('not measured: ')})" for c in not_measured(checks))),
         "",
         "---",
     ]
@@ -209,6 +219,7 @@ def write_report(ev: "Evidence", checks: list[Check]) -> None:
 def print_table(ev: "Evidence", checks: list[Check], console=None) -> None:
     """One row per check on the terminal (rich), then the totals."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = console or Console()
@@ -218,7 +229,7 @@ def print_table(ev: "Evidence", checks: list[Check], console=None) -> None:
     table.add_column("check", no_wrap=True, style="bold")
     table.add_column("observed", overflow="fold")
     for c in checks:
-        table.add_row(c.symbol, c.id, c.observed)
+        table.add_row(c.symbol, c.id, escape(c.observed))   # `[eval]` is text, not markup
     console.print(table)
     total = counts(checks)
     console.print(f"{total['fail']} ❌  {total['warn']} ⚠️  {total['pass']} ✅  {total['info']} ℹ️   "

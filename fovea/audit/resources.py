@@ -42,14 +42,16 @@ def memory_model(config, model: torch.nn.Module, shards: int = 1) -> dict[str, f
     act_bytes = 2 if config.precision.dtype == "bfloat16" else 4
     B, T, S = config.training.batch_size, config.data.num_frames, config.data.frame_size
 
-    enc = model.encoder.backbone.config if hasattr(model.encoder, "backbone") else None
     from fovea.core.compile import checkpointed_parts
 
     checkpointed = checkpointed_parts(config)
+    enc = getattr(model.encoder, "backbone_config", None)   # optional encoder extension: else not estimated
     encoder = 0
     if enc is not None:
-        tokens = B * T * ((S // enc.patch_size) ** 2 + 1 + enc.num_register_tokens)
-        per_layer = 10 * enc.hidden_size + 2 * enc.intermediate_size
+        # DINOv2's config has no registers and an MLP ratio where DINOv3's has intermediate_size
+        tokens = B * T * ((S // enc.patch_size) ** 2 + 1 + getattr(enc, "num_register_tokens", 0))
+        intermediate = getattr(enc, "intermediate_size", None) or int(enc.hidden_size * enc.mlp_ratio)
+        per_layer = 10 * enc.hidden_size + 2 * intermediate
         # checkpointed: each block keeps its input, and a query encoder its keys and values for the reads;
         # one block's activations live again while its backward runs
         encoder = (tokens * (3 * enc.hidden_size * enc.num_hidden_layers + per_layer) if checkpointed["encoder"]

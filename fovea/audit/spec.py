@@ -53,7 +53,8 @@ class Component(SpecTable):
     pretrained_key: str | None = None
     """The config key that names the part's weights, e.g. ``model.encoder.pretrained``."""
     architecture: dict[str, Any] = {}
-    """Architecture values the part's (transformers/diffusers) config must have, e.g. ``hidden_size``."""
+    """Architecture values the part's (transformers/diffusers) config must have, e.g. ``hidden_size``; a
+    ``model_type`` that differs (a DINOv2 backbone for the spec's DINOv3) is reported as another model."""
 
     @model_validator(mode="after")
     def _located(self):
@@ -175,6 +176,17 @@ class ResourcesSpec(SpecTable):
     """Mean GPU utilisation below which the GPU is idle for practical purposes (❌), as a fraction."""
 
 
+class LearningSpec(SpecTable):
+    init_ratio_max: float = Field(3.0, gt=0)
+    """Initial loss / the loss of zeros (latents) or of uniform tokens (captions) on the probe batch, above which the initialisation is off."""
+    overfit_steps: int = Field(60, ge=1)
+    """Optimizer steps a copy of the model trains on the probe batch alone."""
+    overfit_drop: float = Field(0.5, gt=0, lt=1)
+    """Share of its loss that copy must lose in those steps (otherwise something is broken before any data question)."""
+    blank_frames_min: float = Field(0.0)
+    """Relative rise of the loss with blank frames below which the frames are taken as unused."""
+
+
 class Spec(SpecTable):
     """The whole spec: one table per area the audit checks."""
 
@@ -198,6 +210,11 @@ class Spec(SpecTable):
     """``[results]``: the success metric's bands."""
     resources: ResourcesSpec
     """``[resources]``: memory estimate and utilisation thresholds (read from ``profile.json``)."""
+    learning: LearningSpec = LearningSpec()
+    """``[learning]``: thresholds of the learning probes (fovea's additions to the spec)."""
+    requirements: dict[str, Literal["must", "should", "info"]] = {}
+    """``[requirements]``: the level of a check (by id): a violated ``must`` is ❌ whatever the check would say,
+    a violated ``should`` ⚠️, ``info`` ℹ️. Checks not listed keep the level the check gives."""
     _path: Path | None = PrivateAttr(None)
 
     @property

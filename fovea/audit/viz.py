@@ -20,6 +20,7 @@ only on T: 1300 x 530 (attention) and 1300 x 680 (predictions) pixels for T = 8;
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,7 @@ def visualize(run_dir: str | Path, clips: int = 2) -> list[Path]:
     out_dir.mkdir(exist_ok=True)
     for stale in [*out_dir.glob("attention_clip*.png"), *out_dir.glob("predictions_clip*.png")]:
         stale.unlink()   # an earlier call's clips: the directory holds this call's figures only
-    grid = config.data.frame_size // patch_size(model.encoder, out.attention_static.shape[-1])
+    grid = patch_grid(model.encoder, out.attention_static.shape[-1])
     written = []
     for i in range(len(frames)):
         written.append(plot_attention(out_dir / f"attention_clip{i}.png", frames[i], out.attention_static[i],
@@ -115,13 +116,17 @@ def decode(vae, latents: torch.Tensor) -> torch.Tensor:
     return pixels.add(1).div(2).clamp(0, 1).view(B, T, *pixels.shape[1:])
 
 
-def patch_size(encoder, num_tokens: int) -> int:
-    """The encoder's patch side in pixels (its backbone's config; else from the token count)."""
-    size = getattr(getattr(getattr(encoder, "backbone", None), "config", None), "patch_size", None)
-    if isinstance(size, int):
-        return size
-    raise FoveaError(f"the encoder {type(encoder).__name__} has no backbone.config.patch_size; fovea viz cannot "
-                     f"place its {num_tokens} attention columns on the frame")
+def patch_grid(encoder, num_tokens: int) -> int:
+    """The side of the patch grid in an attention row of ``num_tokens`` columns (``num_prefix_tokens``, the
+    encoder contract's optional extension, says how many CLS/register columns come first)."""
+    from fovea.core.attention import token_layout
+
+    prefix = getattr(encoder, "num_prefix_tokens", None)
+    layout = token_layout(num_tokens, prefix) if isinstance(prefix, int) else None
+    if layout is None:
+        raise FoveaError(f"the encoder {type(encoder).__name__} does not say which of its {num_tokens} attention "
+                         f"columns are patches (`num_prefix_tokens`); fovea viz cannot place them on the frame")
+    return math.isqrt(layout[0])
 
 
 def _image(frame: torch.Tensor):

@@ -46,3 +46,31 @@ def patch_maps(attention: torch.Tensor, num_prefix_tokens: int, grid: int) -> to
 def max_entropy(num_tokens: int) -> float:
     """The entropy of the uniform distribution over ``num_tokens`` tokens, log K."""
     return math.log(num_tokens)
+
+
+def token_layout(num_tokens: int, num_prefix_tokens: int) -> tuple[int, int] | None:
+    """(patches, self columns) of attention rows over ``num_tokens`` columns: ``num_prefix_tokens`` CLS/register
+    columns, then a square grid of patches, then at most one column of the query itself; None if no square fits."""
+    for self_columns in (1, 0):
+        patches = num_tokens - num_prefix_tokens - self_columns
+        if patches > 0 and math.isqrt(patches) ** 2 == patches:
+            return patches, self_columns
+    return None
+
+
+def patch_attention_stats(attention: torch.Tensor, num_prefix_tokens: int, num_patches: int) -> dict[str, float]:
+    """Attention rows (..., K) summarised over the image: entropy and peak of the weights on the patches
+    renormalised to sum to 1 (a query looking at a register is not "focused" on the image), against the
+    uniform distribution over the patches (log P, 1 / P), and the mean mass on the patches, on the CLS and
+    register tokens (the attention sinks), and on the query itself. Means over rows, float32."""
+    weights = attention.float().flatten(0, -2)                                            # (rows, K)
+    patches = weights[:, num_prefix_tokens:num_prefix_tokens + num_patches]               # (rows, P)
+    mass = patches.sum(dim=-1)                                                            # (rows,)
+    image = patches / mass.clamp_min(1e-30)[:, None]                                      # renormalised
+    log_p = math.log(num_patches)
+    entropy = attention_entropy(image).mean().item()
+    return {"entropy": entropy, "log_n": log_p, "ratio": entropy / log_p if log_p else 0.0,
+            "peak": attention_peak(image).mean().item(), "uniform_peak": 1.0 / num_patches,
+            "num_tokens": num_patches, "mass_patches": mass.mean().item(),
+            "mass_prefix": weights[:, :num_prefix_tokens].sum(-1).mean().item(),
+            "mass_self": weights[:, num_prefix_tokens + num_patches:].sum(-1).mean().item()}

@@ -1,7 +1,8 @@
 """The clip cache: every clip decoded once, with its VAE latents, in shards that stream fast and are verified.
 
 ``<data.cache_dir>/<source>-<key>/`` holds ``shard-00000.safetensors`` … (uint8 ``frames``
-(n, T, 3, S, S) and float32 ``latents`` (n, T, C, h, w); the clips' source paths, frame indices,
+(n, T, 3, S, S), or with ``data.codec = "jpeg"`` their JPEGs end to end in ``jpeg`` with ``jpeg_offsets``
+(``fovea.core.codec``); ``latents`` (n, T, C, h, w) in float32 or ``data.latent_dtype``; the clips' source paths, frame indices,
 captions and the skipped items with their reasons in the shard's metadata), beside each shard its record
 ``shard-00000.json`` (size, SHA-256, clips, skipped items: written with the shard, from the bytes
 written), ``key.json`` (what the cache was made from), ``vae/`` (a random-initialised VAE, when the
@@ -15,6 +16,8 @@ A run checks every shard's size against the manifest when it opens the cache (st
 cache opens in seconds) and hashes each shard the first time it reads from it, in the loader's
 worker threads; a shard that does not match stops the run with one error naming the fix
 (``fovea precompute --repair CONFIG``). ``fovea precompute --verify`` hashes everything at once.
+Under torchrun ``fovea precompute`` writes the shards on every rank (``build_cache_on_ranks``); a cache
+under a URL is read through ``fovea.core.stream``, never written.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import shutil
 import sys
 import tempfile
 import threading
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
@@ -48,9 +52,13 @@ REPAIR_FIX = "run `fovea precompute --repair CONFIG` to decode its clips again"
 
 
 def cache_key(config: FoveaConfig) -> dict[str, Any]:
-    """Everything that decides the cache's content; a change of any of it makes a new cache."""
-    vae = config.model.vae
-    return {
+    """Everything that decides the cache's content; a change of any of it makes a new cache.
+
+    The storage format (``data.codec``, ``jpeg_quality``, ``latent_dtype``) is in the key only when it is not
+    the default ``raw`` / ``float32``, so the caches written before those options existed keep their key.
+    """
+    vae, data = config.model.vae, config.data
+    key = {
         "version": CACHE_VERSION,
         "source": config.data.name,
         "options": config.data.options.model_dump(mode="json"),
@@ -59,11 +67,35 @@ def cache_key(config: FoveaConfig) -> dict[str, Any]:
         "seed": config.run.seed,
         "vae": {"pretrained": vae.pretrained} if vae.pretrained else {"size": vae.size, "init": vae.init, "seed": config.run.seed},
     }
+    if data.codec != "raw":
+        key["codec"] = {"name": data.codec, "quality": data.jpeg_quality}
+    if data.latent_dtype != "float32":
+        key["latent_dtype"] = data.latent_dtype
+    return key
+
+
+def storage_format(config: FoveaConfig) -> dict[str, Any]:
+    """How the shards store frames and latents; the manifest records it (absent in older manifests: raw, float32)."""
+    data = config.data
+    return {"codec": data.codec, "jpeg_quality": data.jpeg_quality if data.codec == "jpeg" else None,
+            "latent_dtype": data.latent_dtype}
+
+
+def cache_name(config: FoveaConfig) -> str:
+    """``<source>-<12 hex digits of the key>``: the cache's directory name, locally and under a URL."""
+    digest = hashlib.sha256(json.dumps(cache_key(config), sort_keys=True).encode()).hexdigest()[:12]
+    return f"{config.data.name}-{digest}"
 
 
 def cache_path(config: FoveaConfig) -> Path:
-    digest = hashlib.sha256(json.dumps(cache_key(config), sort_keys=True).encode()).hexdigest()[:12]
-    return Path(config.data.cache_dir) / f"{config.data.name}-{digest}"
+    """The local directory of the cache (``data.cache_dir`` must be a local directory for writing)."""
+    from fovea.core.stream import is_url
+
+    if is_url(config.data.cache_dir):
+        raise FoveaError(f"data.cache_dir = '{config.data.cache_dir}' is a URL: fovea reads a cache from a URL "
+                         f"but writes, verifies and repairs only a local one; run `fovea precompute` with a local "
+                         f"data.cache_dir, then upload the directory {cache_name(config)}/ under the URL")
+    return Path(config.data.cache_dir) / cache_name(config)
 
 
 def shard_file(root: Path, shard: int) -> Path:
@@ -153,22 +185,29 @@ def check_shard(root: Path, record: dict[str, Any], full: bool = True) -> str | 
 # --- reading -----------------------------------------------------------------------------------
 
 class ClipCache:
-    """A complete cache on disk: random access to clips by index, thread-safe, memory-mapped.
+    """A complete cache: random access to clips by index, thread-safe, memory-mapped.
 
     Opening it checks the manifest and every shard's size (``DamagedCache`` if any is wrong). With
     ``verify`` (the default) each shard is hashed once, by the first read that needs it, before any of
     its clips is returned: a damaged shard raises ``DamagedCache`` from ``read``, never its data.
+    ``store`` (``fovea.core.stream.ShardStore``): the cache lives under a URL and ``root`` is the local
+    directory its shards are downloaded into, on demand, each verified against the manifest's SHA-256
+    as it arrives. Each thread keeps at most ``max_open`` shards open (memory-mapped), the least
+    recently read closed first.
     """
 
-    def __init__(self, root: Path, verify: bool = True):
-        self.root, self.verify = root, verify
+    def __init__(self, root: Path, verify: bool = True, store=None, max_open: int = 64):
+        self.root, self.verify, self.store, self.max_open = root, verify, store, max_open
+        self.location = store.url if store is not None else str(root)    # what reports name: a directory or a URL
         self.manifest = read_manifest(root)
         self._records = self.manifest["shards"]
-        problems = [p for p in (check_shard(root, r, full=False) for r in self._records) if p]
-        if problems:
-            raise DamagedCache(root, problems)
-        counts = torch.tensor([r["clips"] for r in self._records])
-        self._starts = torch.cumsum(counts, 0) - counts                    # first clip index of each shard
+        self.format = self.manifest.get("format") or {"codec": "raw", "jpeg_quality": None, "latent_dtype": "float32"}
+        if store is None:
+            problems = [p for p in (check_shard(root, r, full=False) for r in self._records) if p]
+            if problems:
+                raise DamagedCache(root, problems)
+        self.shard_counts = torch.tensor([r["clips"] for r in self._records], dtype=torch.int64)   # (shards,)
+        self._starts = torch.cumsum(self.shard_counts, 0) - self.shard_counts    # first clip index of each shard
         self._local = threading.local()                                    # one set of open shards per thread
         self._checked: dict[int, str | None] = {}                          # shard -> None (verified) or problem
         self._check_locks = [threading.Lock() for _ in self._records]     # one hash per shard, whoever asks
@@ -181,6 +220,11 @@ class ClipCache:
     def vae(self) -> str:
         """The VAE whose latents the cache holds: hub id or directory."""
         return self.manifest["vae"]
+
+    @property
+    def shard_starts(self) -> torch.Tensor:
+        """The first clip index of each shard, int64 (shards,)."""
+        return self._starts
 
     def _verify(self, shard: int) -> None:
         """Hash ``shard`` once per cache object; a thread asking meanwhile waits for that one result."""
@@ -195,31 +239,58 @@ class ClipCache:
     def _open(self, shard: int):
         from safetensors import safe_open
 
-        handles = self._local.__dict__.setdefault("handles", {})
-        if shard not in handles:
+        handles = self._local.__dict__.setdefault("handles", OrderedDict())   # shard -> (generation, handle)
+        generation = self.store.generation(shard) if self.store is not None else 0
+        if shard in handles and handles[shard][0] == generation:
+            handles.move_to_end(shard)
+            return handles[shard][1]
+        handles.pop(shard, None)          # evicted from the download cache since: open the new copy
+        if self.store is not None:        # downloaded (and hashed) if not here, then opened before eviction can run
+            generation, handle = self.store.open(shard, self._records[shard],
+                                                 lambda path: safe_open(str(path), framework="pt"))
+        else:
             if self.verify:
                 self._verify(shard)
-            handles[shard] = safe_open(str(shard_file(self.root, shard)), framework="pt")
-        return handles[shard]
+            handle = safe_open(str(shard_file(self.root, shard)), framework="pt")
+        handles[shard] = (generation, handle)
+        while len(handles) > self.max_open:
+            handles.popitem(last=False)   # unmapped when the last reference goes
+        return handle
 
-    def read(self, indices: list[int]) -> dict[str, Any]:
-        """Clips ``indices`` -> {"frames": (B, T, 3, S, S) uint8, "latents": (B, T, C, h, w), "index": (B,),
-        "captions": B str or None, in the order of ``indices``}."""
+    def read(self, indices: list[int], device: torch.device | str | None = None) -> dict[str, Any]:
+        """Clips ``indices`` -> {"frames": (B, T, 3, S, S) uint8, "latents": (B, T, C, h, w) float32, "index": (B,),
+        "captions": B str or None, in the order of ``indices``}.
+
+        JPEG frames are decoded here (the loader calls this in its worker threads), on ``device`` when it is a
+        CUDA device (nvJPEG, one batched call), else on the CPU; raw frames are memory-mapped slices.
+        """
         from safetensors import SafetensorError
+
+        from fovea.core.codec import decode_jpeg, split_jpegs
 
         index = torch.as_tensor(indices)
         shards = torch.searchsorted(self._starts, index, right=True) - 1   # (B,)
-        frames, latents = [], []
+        frames, latents, jpegs = [], [], []
         for clip, shard in zip(index.tolist(), shards.tolist()):           # one slice read per clip
             try:
                 handle, row = self._open(shard), clip - int(self._starts[shard])
-                frames.append(handle.get_slice("frames")[row:row + 1])
-                latents.append(handle.get_slice("latents")[row:row + 1])
+                latents.append(handle.get_slice("latents")[row:row + 1])   # (1, T, C, h, w)
+                if self.format["codec"] == "jpeg":
+                    T = latents[-1].shape[1]
+                    offsets = handle.get_slice("jpeg_offsets")[row * T:row * T + T + 1]           # (T + 1,)
+                    data = handle.get_slice("jpeg")[int(offsets[0]):int(offsets[-1])]
+                    jpegs += split_jpegs(data, offsets - offsets[0])
+                else:
+                    frames.append(handle.get_slice("frames")[row:row + 1])
             except (SafetensorError, OSError, RuntimeError) as exc:       # only without verify, or changed since
                 name = shard_file(self.root, shard).name
                 raise DamagedCache(self.root, [f"{name} is unreadable ({type(exc).__name__}: {exc})"]) from None
+        latents = torch.cat(latents).float()                               # (B, T, C, h, w)
+        if jpegs:
+            decoded = decode_jpeg(jpegs, device if device is not None else "cpu")      # (B*T, 3, S, S)
+            frames = [decoded.view(len(indices), -1, *decoded.shape[1:])]
         captions = self._caption_list()
-        return {"frames": torch.cat(frames), "latents": torch.cat(latents), "index": index,
+        return {"frames": torch.cat(frames), "latents": latents, "index": index,
                 "captions": [captions[clip] for clip in index.tolist()]}
 
     def clip_info(self) -> list[dict[str, Any]]:
@@ -232,12 +303,12 @@ class ClipCache:
 
     def _caption_list(self) -> list[str | None]:
         if self._captions is None:   # two threads may both build it: the same list, assigned atomically
-            self._captions = [clip["caption"] for clip in self.clip_info()]
+            self._captions = [clip["caption"] for shard in self._records for clip in shard["clip_info"]]
         return self._captions
 
     def report(self) -> dict[str, Any]:
         """The data report: how many clips, and every skipped item with its reason."""
-        return {"cache": str(self.root), "vae": self.vae, "num_clips": len(self),
+        return {"cache": self.location, "vae": self.vae, "num_clips": len(self), "format": self.format,
                 "num_skipped": len(self.manifest["skipped"]), "skipped": self.manifest["skipped"]}
 
 
@@ -278,13 +349,23 @@ def writer_lock(root: Path) -> Iterator[None]:
 # --- writing, resuming, verifying and repairing -------------------------------------------------
 
 def build_cache(config: FoveaConfig, device: torch.device | str = "cpu", progress: bool = True,
-                repair: bool = False) -> ClipCache:
+                repair: bool = False, parallel: bool = False) -> ClipCache:
     """The cache for ``config``: opened if complete, else written (resuming from complete shards).
 
     A cache whose manifest is damaged or whose shards are missing or cut short (stat only) has just
     those shards decoded again from the source, said on stderr. ``repair`` hashes every file first and
-    decodes again only the shards that do not match (``fovea precompute --repair``).
+    decodes again only the shards that do not match (``fovea precompute --repair``). With ``data.cache_dir``
+    a URL the cache is opened there (``fovea.core.stream``), never written. ``parallel``: every rank of
+    the joined torchrun job calls this together and writes its own share of the shards
+    (``build_cache_on_ranks``).
     """
+    from fovea.core import distributed
+    from fovea.core.stream import is_url, open_remote_cache
+
+    if is_url(config.data.cache_dir) and not repair:
+        return open_remote_cache(config)
+    if parallel and distributed.current().world_size > 1:
+        return build_cache_on_ranks(config, device, progress, repair)
     root = cache_path(config).resolve()   # absolute: run directories record it
     damage: list[str] = []
     if not repair and (root / MANIFEST).exists():
@@ -310,26 +391,76 @@ def build_cache(config: FoveaConfig, device: torch.device | str = "cpu", progres
             _remove_damaged(root, inspect_cache(root, progress))
         (root / "key.json").write_text(json.dumps(cache_key(config), indent=2) + "\n", encoding="utf-8")
         _write_shards(config, root, source, device, progress, previous, vae_files)
+        _write_manifest(config, root, len(source), vae_files)
         return ClipCache(root)
 
 
+def build_cache_on_ranks(config: FoveaConfig, device: torch.device | str = "cpu", progress: bool = True,
+                         repair: bool = False) -> ClipCache:
+    """``torchrun --nproc_per_node=N -m fovea precompute``: every rank writes the shards ``s`` with
+    ``s % N == rank`` (its own clips, its own device for the VAE), then rank 0 writes the manifest.
+
+    Rank 0 holds the writer lock from start to end, removes what a killed writer left, repairs, and saves
+    a random VAE before the others start; a shard whose record is complete is not written again, so a
+    killed job resumes shard by shard, on any number of processes. The shards are the ones a single
+    process writes (the same clips in each, encoded in the same VAE batches).
+    """
+    from fovea.core import distributed
+
+    world = distributed.current()
+    root = cache_path(config).resolve()
+    source = distributed.main_first(lambda: build_source(config))   # a missing source fails on rank 0 first
+    with contextlib.ExitStack() as held:
+        def prepare() -> tuple[dict[int, dict], dict | None]:
+            held.enter_context(writer_lock(root))
+            previous, vae_files = _previous_records(root)
+            if repair:
+                _remove_damaged(root, inspect_cache(root, progress))
+            else:
+                with contextlib.suppress(DamagedCache):
+                    ClipCache(root)
+                    return previous, vae_files                     # complete: nothing to write
+                (root / MANIFEST).unlink(missing_ok=True)          # rewritten once every shard is there
+            (root / "key.json").write_text(json.dumps(cache_key(config), indent=2) + "\n", encoding="utf-8")
+            _ensure_cache_vae(config, root, vae_files)
+            return previous, vae_files
+
+        previous, vae_files = distributed.from_main(prepare)
+        if not (root / MANIFEST).exists():
+            failure = None
+            try:
+                _write_shards(config, root, source, device, progress and world.is_main, previous, vae_files,
+                              world.rank, world.world_size)
+            except Exception as exc:   # every rank must reach the gather below, or the others wait forever
+                failure = exc
+            failed = [rank for rank, f in enumerate(distributed.gather(failure is not None)) if f]
+            if failure is not None:
+                raise failure
+            if failed:
+                raise FoveaError(f"rank {failed[0]} failed writing its shards of the clip cache at {root} (its "
+                                 f"error is above); the shards written are kept: run the same command again")
+            distributed.on_main(lambda: _write_manifest(config, root, len(source), vae_files))
+    return ClipCache(root)
+
+
 def _write_shards(config: FoveaConfig, root: Path, source, device, progress: bool,
-                  previous: dict[int, dict], vae_files: dict | None) -> None:
-    """Write every shard without a complete record, then the manifest (the caller holds the lock).
+                  previous: dict[int, dict], vae_files: dict | None, rank: int = 0, world_size: int = 1) -> None:
+    """Write every shard (of this ``rank``'s share) without a complete record; the caller holds the lock.
 
     ``previous``: the records the cache held (a shard written again must hold the same clips);
     ``vae_files``: the saved VAE's checksums in the manifest, if any (a VAE made again must match them).
     """
     shard_size = config.data.shard_size
     num_shards = -(-len(source) // shard_size)
-    vae_id = config.model.vae.pretrained or str(root / "vae")
+    mine = range(rank, num_shards, world_size)
     vae = None
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(source), desc=f"precompute {root.name}", unit="clip", disable=not progress)
+    total = sum(min(len(source), (s + 1) * shard_size) - s * shard_size for s in mine)
+    bar = tqdm(total=total, desc=f"precompute {root.name}", unit="clip", disable=not progress)
     with ThreadPoolExecutor(max_workers=max(1, config.data.num_workers)) as pool:
-        for shard in range(num_shards):
+        for shard in mine:
             indices = range(shard * shard_size, min(len(source), (shard + 1) * shard_size))
             record = read_record(root, shard)
             if record is not None and check_shard(root, record, full=False) is None:
@@ -343,9 +474,15 @@ def _write_shards(config: FoveaConfig, root: Path, source, device, progress: boo
                 bar.update()
             _write_shard(root, shard, clips, skipped, vae, config, previous.get(shard))
     bar.close()
-    _ensure_cache_vae(config, root, vae_files)   # a cache whose shards are all there may have lost its VAE
 
-    manifest = _collect_manifest(root, num_shards, vae_id, None if config.model.vae.pretrained else root / "vae")
+
+def _write_manifest(config: FoveaConfig, root: Path, num_clips: int, vae_files: dict | None) -> None:
+    """The manifest, from the records of every shard (all written); the caller holds the lock."""
+    num_shards = -(-num_clips // config.data.shard_size)
+    vae_id = config.model.vae.pretrained or str(root / "vae")
+    _ensure_cache_vae(config, root, vae_files)   # a cache whose shards are all there may have lost its VAE
+    manifest = _collect_manifest(root, num_shards, vae_id, None if config.model.vae.pretrained else root / "vae",
+                                 storage_format(config))
     if manifest["num_clips"] == 0:
         reasons = "; ".join(f"{s['source'] or s['index']}: {s['reason']}" for s in manifest["skipped"][:5])
         raise FoveaError(f"no clip of the '{config.data.name}' source could be read ({reasons}); "
@@ -536,7 +673,14 @@ def _write_shard(root: Path, shard: int, clips: list, skipped: list, vae, config
         frames = torch.zeros(0, T, 3, S, S, dtype=torch.uint8)
         latents = torch.zeros(0, T, *latent_shape(config.model.vae, S))
     metadata = {"clip_info": json.dumps(info), "skipped": json.dumps(skipped)}
-    data = save({"frames": frames.contiguous(), "latents": latents.contiguous()}, metadata=metadata)
+    tensors = {"latents": latents.to(getattr(torch, config.data.latent_dtype)).contiguous()}
+    if config.data.codec == "jpeg":
+        from fovea.core.codec import encode_jpeg
+
+        tensors["jpeg"], tensors["jpeg_offsets"] = encode_jpeg(frames.flatten(0, 1), config.data.jpeg_quality)
+    else:
+        tensors["frames"] = frames.contiguous()
+    data = save(tensors, metadata=metadata)
     record = {"shard": shard, "clips": len(clips), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
               "clip_info": info, "skipped": skipped}
     record_file(root, shard).unlink(missing_ok=True)   # a shard never has the record of another write
@@ -544,7 +688,8 @@ def _write_shard(root: Path, shard: int, clips: list, skipped: list, vae, config
     atomic_write(record_file(root, shard), _checked_json(record))
 
 
-def _collect_manifest(root: Path, num_shards: int, vae_id: str, vae_dir: Path | None) -> dict[str, Any]:
+def _collect_manifest(root: Path, num_shards: int, vae_id: str, vae_dir: Path | None,
+                      fmt: dict[str, Any]) -> dict[str, Any]:
     """The manifest from the shards' records (no shard is read again) and the saved VAE's checksums."""
     shards, skipped = [], []
     for shard in range(num_shards):
@@ -556,4 +701,4 @@ def _collect_manifest(root: Path, num_shards: int, vae_id: str, vae_dir: Path | 
         skipped += record["skipped"]
     vae_files = _read_checked_json(vae_dir / VAE_CHECKSUMS) if vae_dir is not None else None
     return {"version": CACHE_VERSION, "num_clips": sum(s["clips"] for s in shards), "vae": vae_id,
-            "vae_files": vae_files, "shards": shards, "skipped": skipped}
+            "vae_files": vae_files, "format": fmt, "shards": shards, "skipped": skipped}

@@ -81,7 +81,7 @@ class DataConfig(PluginTable):
     frame_size: int = Field(256, ge=16)
     """Square frame side in pixels (SPEC: 256)."""
     cache_dir: str = "data/cache"
-    """Where decoded clips and their VAE latents are cached; one subdirectory per data + VAE setting."""
+    """Where decoded clips and their VAE latents are cached; one subdirectory per data + VAE setting. For training it may be a URL (``https://``, ``http://``; ``s3://``, ``gs://`` with their fsspec package) holding a cache ``fovea precompute`` wrote: shards are downloaded on demand into ``stream_cache_dir``."""
     shard_size: int = Field(256, ge=1)
     """Clips per cache shard (the unit that ``fovea precompute`` writes atomically and resumes by)."""
     num_workers: int = Field(4, ge=0)
@@ -90,11 +90,29 @@ class DataConfig(PluginTable):
     """Batches the loader keeps ready ahead of the training step."""
     pin_memory: bool = True
     """Pin batches in page-locked memory for fast, asynchronous copies to the GPU (ignored on CPU)."""
+    codec: Literal["raw", "jpeg"] = "raw"
+    """How the cache stores frames: ``raw`` uint8 arrays (memory-mapped, no decoding) or ``jpeg`` (~1/10 of the bytes at 256 px, decoded in the loader's workers, with nvJPEG on the GPU when training on CUDA). Part of the cache key."""
+    jpeg_quality: int = Field(90, ge=1, le=100)
+    """JPEG quality (1-100) of the frames when ``codec = "jpeg"``. Part of the cache key."""
+    latent_dtype: Literal["float32", "float16"] = "float32"
+    """How the cache stores the VAE latents; ``float16`` halves their bytes (read back as float32). Part of the cache key."""
+    decode_device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where JPEG frames are decoded: ``auto`` = on the GPU (nvJPEG, needs torchvision) when training on CUDA, else in the CPU worker threads."""
+    shuffle: Literal["auto", "clips", "shards"] = "auto"
+    """Training order: ``clips`` (one global shuffle of every clip per epoch), ``shards`` (shards shuffled per epoch, each rank streaming its own shards, clips shuffled within a window of ``shuffle_window`` shards: few shards open at a time, as streaming needs); ``auto`` = ``shards`` when ``cache_dir`` is a URL, else ``clips``."""
+    shuffle_window: int = Field(4, ge=1)
+    """Shards whose clips are shuffled together with ``shuffle = "shards"`` (more: a better mix, more local disk)."""
+    stream_cache_dir: str = "data/stream-cache"
+    """With ``cache_dir`` a URL: the local directory holding downloaded shards (one subdirectory per cache and rank)."""
+    stream_cache_gb: float = Field(10.0, gt=0)
+    """With ``cache_dir`` a URL: the most disk the downloaded shards of one process may hold (least recently used go first)."""
+    stream_retries: int = Field(5, ge=0)
+    """With ``cache_dir`` a URL: tries again after a network error (back-off 0.5 s, doubling, at most 30 s) before the run stops."""
 
 
 class EncoderTable(PluginTable):
     name: str = "deep"
-    """Vision encoder (a registered encoder): ``deep`` (SPEC), ``posthoc`` (baseline), or a plugin's."""
+    """Vision encoder (a registered encoder): ``deep`` (SPEC), ``posthoc`` (baseline), ``pooled`` or ``pixel_shuffle`` (query-free, K tokens per frame), or a plugin's."""
 
 
 class HeadTable(PluginTable):

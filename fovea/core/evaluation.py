@@ -292,7 +292,8 @@ class Evaluator:
         primary = per_objective[primary_objective(per_objective)]
         row.update({"loss_fine": fine, "loss_coarse": coarse, "ratio": coarse / fine if fine > 0 else None,
                     "improvement": (primary["coarse"] - primary["fine"]) / primary["coarse"]
-                    if primary["coarse"] > 0 else None, "skill": primary["skill"]})
+                    if primary["coarse"] > 0 and not getattr(model, "single_pass", False) else None,
+                    "skill": primary["skill"]})
         for name, values in per_objective.items():
             row.update({f"{name}_{key}": value for key, value in values.items()})
         row["eval_s"] = time.perf_counter() - started
@@ -361,16 +362,18 @@ class TrainedRun:
 def summarize_ablation(original: dict[str, torch.Tensor], ablated: dict[str, torch.Tensor]) -> dict[str, Any]:
     """One objective under an ablation, against the same clips unablated (losses (N, K) per mode): the
     ablated losses, the improvement left ``(coarse - ablated fine) / coarse`` and its share of the original
-    improvement, and the change of the fine loss ``(ablated - fine) / fine``, with paired intervals."""
+    improvement (None when the original's interval reaches 0), and the change of the fine loss
+    ``(ablated - fine) / fine``, with paired intervals."""
     per_clip = {k: v.mean(dim=1) for k, v in original.items()}
     after = {k: v.mean(dim=1) for k, v in ablated.items()}
     draws = bootstrap_draws(len(per_clip["fine"]))
     left = relative_change(per_clip["coarse"], after["fine"], draws)
-    before = float((per_clip["coarse"].double().mean() - per_clip["fine"].double().mean())
-                   / per_clip["coarse"].double().mean())
+    before = relative_change(per_clip["coarse"], per_clip["fine"], draws)
     raised = relative_change(per_clip["fine"], after["fine"], draws)
     return {"modes": {k: {"loss": float(v.double().mean()), "ci95": mean_ci(v, draws)} for k, v in after.items()},
-            "improvement": left, "improvement_left": left["value"] / before if before else None,
+            # a share of an improvement that is not there (its interval reaches 0) would be noise
+            "improvement_left": left["value"] / before["value"] if before["ci95"][0] > 0 else None,
+            "improvement": left,
             "fine_change": {"value": -raised["value"], "ci95": [-raised["ci95"][1], -raised["ci95"][0]]}}
 
 
@@ -392,6 +395,26 @@ def evaluate_ablations(model: torch.nn.Module, clips: ClipSet, original: dict[st
             losses = clip_losses(model, clips, {}, ("coarse", "fine"), size, device, dtype, progress, blind)
         out[ablation] = {name: summarize_ablation(original[name], table) for name, table in losses.items()}
     return out
+
+
+def flops_per_clip(model: torch.nn.Module, clips: ClipSet, device) -> dict[str, float]:
+    """FLOPs of one clip (torch's ``FlopCounterMode``): a ``forward`` in eval mode, and a ``train_step``'s
+    forward and backward (on a copy, so nothing of ``model`` changes). Matmuls and convolutions; the same
+    count for every encoder, so a foveated and a many-token model compare at matched compute."""
+    import copy
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    batch = clips.cache.read(clips.indices[:1])
+    frames, latents = batch["frames"].to(device), batch["latents"].to(device).float()
+    targets = {k: v.to(device) for k, v in model.prepare(batch).items()}
+    trainee = copy.deepcopy(model).train()
+    with torch.enable_grad(), torch.random.fork_rng(devices=[]), FlopCounterMode(display=False) as train:
+        trainee(frames, latents, targets).loss.backward()
+    # in grad mode too: torch's module tracker cannot follow a forward whose inputs were made under no_grad
+    with torch.enable_grad(), torch.random.fork_rng(devices=[]), FlopCounterMode(display=False) as forward:
+        trainee.eval()(frames, latents, targets)
+    return {"forward": float(forward.get_total_flops()), "train_step": float(train.get_total_flops())}
 
 
 def evaluate_run(run_dir, split: str = "val", clips: int | None = None, step: int | None = None,
@@ -421,13 +444,22 @@ def evaluate_run(run_dir, split: str = "val", clips: int | None = None, step: in
         raise FoveaError("--ablate compares with the coarse and fine modes: keep both in --modes")
     opened = TrainedRun.open(run_dir, step, device, progress)
     config, model, run = opened.config, opened.model, opened.run
+    if model.single_pass:   # a query-free encoder: its coarse is its fine, no improvement to report
+        modes = [m for m in modes if m != "coarse"] or ["fine"]
+        if any(a in ("shuffle_queries", "static_queries") for a in ablations):
+            raise FoveaError(f"--ablate: the encoder `{config.model.encoder.name}` reads no query; only `blind` "
+                             f"applies to it")
     chosen = opened.clips(split, clips)
     baselines = fit_baselines(model, opened.split.train.first(config.eval.baseline_clips), config.eval.batch_size)
     losses = clip_losses(model, chosen, baselines, modes, config.eval.batch_size, opened.device, opened.dtype,
                          progress)
     result = {"split": split, "step": checkpoint_step(opened.checkpoint), "checkpoint": str(opened.checkpoint),
               **summarize_objectives(losses), "device": str(opened.device),
-              "dtype": str(opened.dtype).replace("torch.", "")}
+              "dtype": str(opened.dtype).replace("torch.", ""), "single_pass": model.single_pass,
+              "flops_per_clip": flops_per_clip(model, chosen, opened.device)}
+    if model.single_pass:
+        for figures in [result, *result["objectives"].values()]:
+            figures["single_pass"] = True
     if ablations:
         result["ablations"] = evaluate_ablations(model, chosen, losses, ablations, opened.split.train.first(
             config.eval.baseline_clips), config.eval.batch_size, opened.device, opened.dtype, progress)
@@ -464,10 +496,13 @@ def headline(result: dict[str, Any]) -> list[str]:
         return f"{100 * entry[key]:+.2f} % (95 % CI {100 * low:+.2f} … {100 * high:+.2f} %)"
 
     lines = []
+    if result.get("single_pass"):
+        lines.append("one pass: a query-free encoder has no coarse and fine reads, so no improvement to report")
     if result.get("skill") is not None:
         lines.append(f"skill        {pct({'value': result['skill'], 'ci95': result['skill_ci95']})}  "
                      f"= 1 − fine / {result['best_baseline']}")
-    lines.append(f"improvement  {pct(result.get('improvement'))}  = (coarse − fine) / coarse")
+    if not result.get("single_pass"):
+        lines.append(f"improvement  {pct(result.get('improvement'))}  = (coarse − fine) / coarse")
     if result.get("autoregressive_gap") is not None:
         lines.append(f"autoregressive gap {pct(result['autoregressive_gap'])}  = (autoregressive − fine) / fine")
     return lines
@@ -522,4 +557,8 @@ def render_markdown(result: dict[str, Any], title: str) -> str:
                     lines.append(f"| {key} | " + " | ".join(format_number(v, 4) for v in entry["per_frame"]) + " |")
     if result.get("ablations"):
         lines += ["", "## Ablations (the same clips)", "", *[f"- {line}" for line in ablation_lines(result)]]
+    if result.get("flops_per_clip"):
+        flops = result["flops_per_clip"]
+        lines += ["", f"FLOPs per clip (torch's FlopCounterMode): {flops['forward'] / 1e9:.4g} G forward, "
+                      f"{flops['train_step'] / 1e9:.4g} G training step (forward and backward)."]
     return "\n".join(lines) + "\n"

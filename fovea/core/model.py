@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fovea.core.config import FoveaConfig
-from fovea.core.errors import FoveaError
+from fovea.core.errors import ConfigError, FoveaError, PluginError
 from fovea.core.objectives import Objective, PassStates, Term
 from fovea.core.text import TextCodec
 
@@ -31,7 +31,7 @@ class FoveatedOutput:
     loss_fine: torch.Tensor      # pass 2: sum over objectives of weight x mean loss
     loss_coarse: torch.Tensor    # pass 1: the same
     terms: dict[str, dict[str, Term]]   # objective -> {"coarse": pass-1 Term, "fine": pass-2 Term}
-    queries: torch.Tensor        # (B, T, D): pass-1 queries q_1..q_T
+    queries: torch.Tensor | None  # (B, T, D): pass-1 queries q_1..q_T (None for a query-free encoder: one pass)
     attention_static: torch.Tensor | None = None   # (B, T, K) pass-1 attention over tokens
     attention_dynamic: torch.Tensor | None = None  # (B, T, K) pass-2 attention over tokens
 
@@ -123,10 +123,17 @@ class FoveatedVLM(nn.Module):
 
     # ------------------------------------------------------------------ the two passes
 
+    @property
+    def single_pass(self) -> bool:
+        """A query-free encoder (``uses_query = False``): one pass, whose coarse terms are its fine ones."""
+        return not getattr(self.encoder, "uses_query", True)
+
     def _read_sequence(self, mode_token: torch.Tensor, features: torch.Tensor,
                        suffix: torch.Tensor | None = None) -> torch.Tensor:
-        """LLM over ``[prompt, mode_token, z_1 .. z_T, suffix]`` -> hidden states (B, P + 1 + T + L, H), causal."""
-        tokens = self.dino_to_llm(features)                                    # (B, T, H)
+        """LLM over ``[prompt, mode_token, z_1 .. z_T, suffix]`` -> hidden states (B, P + 1 + T·K + L, H), causal.
+
+        ``features`` (B, T, D) or (B, T, K, D): frame t's K tokens follow each other."""
+        tokens = self.dino_to_llm(features).flatten(1, -2)                    # (B, T·K, H)
         B, dtype = len(tokens), tokens.dtype
         parts = [self.embed_tokens(self.prompt_ids).expand(B, -1, -1), mode_token.expand(B, -1, -1), tokens]
         if suffix is not None:
@@ -158,20 +165,25 @@ class FoveatedVLM(nn.Module):
         pixels = frames.flatten(0, 1).float().div(255.0)                       # (B*T, 3, S, S)
         cache = self.encoder.encode(pixels)                                     # once per frame per step
 
-        def attend(queries: torch.Tensor):                                      # (B*T, D) -> (B, T, D)
+
+        def attend(queries: torch.Tensor):                      # (B*T, D) -> (B, T, D), or (B, T, K, D)
             out = self.encoder.attend(queries, cache, return_attention=return_attention)
             features, attention = out if return_attention else (out, None)
-            return features.view(B, T, -1), None if attention is None else attention.view(B, T, -1)
+            shape = (B, T, -1) if features.dim() == 2 else (B, T, features.shape[1], -1)   # K tokens per frame
+            return features.reshape(shape), None if attention is None else attention.reshape(B, T, -1)
 
         suffix = self._suffix(targets)                                          # (B, L, H) or None
         # Pass 1: the same static query reads every frame.
         z_static, att_static = attend(self.q_static.expand(B * T, -1))         # (B, T, D)
-        coarse = PassStates(self._read_sequence(self.coarse_token, z_static, suffix), P, T)
+        if self.single_pass:   # a query-free encoder: pass 2 would read the same tokens again
+            return self._single_pass(z_static, att_static, latents, targets, suffix)
+        K = 1 if z_static.dim() == 3 else z_static.shape[2]
+        coarse = PassStates(self._read_sequence(self.coarse_token, z_static, suffix), P, T, K)
         queries = self.query_head(coarse.after_frames)                          # (B, T, D): q_t after frame t
 
         # Pass 2: frame t is read with the query produced after frame t-1.
         z_dynamic, att_dynamic = attend(self.shift_queries(queries).flatten(0, 1))   # (B, T, D)
-        fine = PassStates(self._read_sequence(self.fine_token, z_dynamic, suffix), P, T)
+        fine = PassStates(self._read_sequence(self.fine_token, z_dynamic, suffix), P, T, K)
 
         # Each objective scores each pass from that pass's own states.
         terms = {name: {"coarse": objective.loss(self, coarse, latents, targets),
@@ -182,6 +194,17 @@ class FoveatedVLM(nn.Module):
         return FoveatedOutput(
             loss=loss_fine + self.lambda_coarse * loss_coarse, loss_fine=loss_fine, loss_coarse=loss_coarse,
             terms=terms, queries=queries, attention_static=att_static, attention_dynamic=att_dynamic)
+
+    def _single_pass(self, features, attention, latents, targets, suffix) -> FoveatedOutput:
+        """The model of a query-free encoder: one pass over ``[prompt, fine_token, tokens, suffix]``; each term is
+        both its coarse and its fine one, and ``loss = Σ weight · fine`` (λ_coarse has nothing to weigh)."""
+        states = PassStates(self._read_sequence(self.fine_token, features, suffix), len(self.prompt_ids),
+                            features.shape[1], 1 if features.dim() == 3 else features.shape[2])
+        terms = {name: dict.fromkeys(("coarse", "fine"), objective.loss(self, states, latents, targets))
+                 for name, (objective, _) in self.objectives.items()}
+        loss = sum(w * terms[name]["fine"].mean for name, (_, w) in self.objectives.items())
+        return FoveatedOutput(loss=loss, loss_fine=loss, loss_coarse=loss, terms=terms, queries=None,
+                              attention_static=attention, attention_dynamic=attention)
 
     # ------------------------------------------------------------------ deployed: one pass, frame by frame
 
@@ -211,8 +234,8 @@ class FoveatedVLM(nn.Module):
         query = self.q_init.expand(B, -1)                                       # (B, D): reads frame 1
         for t in range(T if read_last else T - 1):                              # causal: frame by frame
             cache = self.encoder.encode(frames[:, t].float().div(255.0))        # frame t of every clip, once
-            z = self.encoder.attend(query.to(states[-1].dtype), cache)          # (B, D)
-            states.append(step(self.dino_to_llm(z)[:, None]))                   # (B, 1, H): after frame t
+            z = self.encoder.attend(query.to(states[-1].dtype), cache)          # (B, D) or (B, K, D)
+            states.append(step(self.dino_to_llm(z).reshape(B, -1, self.llm.config.hidden_size)))   # (B, K, H)
             query = self.query_head(states[-1][:, -1])                          # reads frame t + 1
         return torch.cat(states, dim=1), step
 
@@ -225,9 +248,11 @@ class FoveatedVLM(nn.Module):
         targets = targets or {}
         suffix = self._suffix(targets)
         hidden, step = self.read_frames(frames, read_last=suffix is not None)
+        P, T = len(self.prompt_ids), frames.shape[1]
+        K = (hidden.shape[1] - P - 1) // max(1, T if suffix is not None else T - 1)   # tokens per frame read
         if suffix is not None:
             hidden = torch.cat([hidden, step(suffix.to(hidden.dtype))], dim=1)
-        states = PassStates(hidden, len(self.prompt_ids), frames.shape[1])
+        states = PassStates(hidden, P, T, K)
         return {name: objective.loss(self, states, latents, targets) for name, (objective, _) in self.objectives.items()}
 
     @torch.no_grad()
@@ -256,7 +281,18 @@ def build_encoder(config: FoveaConfig) -> nn.Module:
     from fovea.core.plugins import get_part
 
     table = config.model.encoder
-    return get_part("encoder", table.name).cls(table.options)
+    part = get_part("encoder", table.name)
+    encoder = part.cls(table.options)
+    if not isinstance(getattr(encoder, "dim", None), int):
+        raise PluginError(f"encoder '{table.name}' from {part.source}: an instance has no integer `dim` (the "
+                          f"encoder contract, fovea.core.contracts.Encoder)")
+    # A ViT (the optional `backbone_config` extension) would drop the pixels past its last whole patch: a frame
+    # size that does not fit is refused here, before a run writes anything.
+    patch, size = getattr(getattr(encoder, "backbone_config", None), "patch_size", None), config.data.frame_size
+    if isinstance(patch, int) and size % patch:
+        raise ConfigError(f"data.frame_size = {size} does not fit the encoder's {patch}-px patches; choose a "
+                          f"multiple of {patch} (e.g. {4 * patch} or {16 * patch})")
+    return encoder
 
 
 def build_head(config: FoveaConfig, hidden_size: int, latent_channels: int) -> nn.Module:

@@ -20,28 +20,32 @@ import torch
 
 @dataclass
 class PassStates:
-    """One pass's LLM hidden states over ``[prompt (P), mode, z_1 … z_T, suffix (L)]``, (B, P + 1 + T + L, H)."""
+    """One pass's LLM hidden states over ``[prompt (P), mode, z_1 … z_T, suffix (L)]``, (B, P + 1 + T·K + L, H),
+    where frame t gives K tokens ``z_t = z_t^1 … z_t^K`` (K = 1 for the foveated encoders)."""
 
     hidden: torch.Tensor
-    prompt_len: int      # P
-    num_frames: int      # T
+    prompt_len: int          # P
+    num_frames: int          # T
+    tokens_per_frame: int = 1    # K
 
     @property
     def before_frames(self) -> torch.Tensor:
-        """(B, T, H): the states at ``[mode, z_1 … z_{T-1}]``; entry t has seen only frames < t."""
-        P, T = self.prompt_len, self.num_frames
-        return self.hidden[:, P:P + T]
+        """(B, T, H): the state just before each frame's first token (the mode token, then the last token of
+        frame t-1); entry t has seen only frames < t."""
+        P, T, K = self.prompt_len, self.num_frames, self.tokens_per_frame
+        return self.hidden[:, P:P + T * K:K]
 
     @property
     def after_frames(self) -> torch.Tensor:
-        """(B, T, H): the state after each frame, at ``z_1 … z_T`` (where the queries come from)."""
-        P, T = self.prompt_len, self.num_frames
-        return self.hidden[:, P + 1:P + 1 + T]
+        """(B, T, H): the state after each frame's last token (where the queries come from)."""
+        P, T, K = self.prompt_len, self.num_frames, self.tokens_per_frame
+        return self.hidden[:, P + K:P + T * K + 1:K]
 
     @property
     def text(self) -> torch.Tensor:
-        """(B, 1 + L, H): the states at ``[z_T, suffix_1 … suffix_L]``; entry i predicts suffix token i + 1."""
-        return self.hidden[:, self.prompt_len + self.num_frames:]
+        """(B, 1 + L, H): the states at ``[last token of frame T, suffix_1 … suffix_L]``; entry i predicts suffix
+        token i + 1."""
+        return self.hidden[:, self.prompt_len + self.num_frames * self.tokens_per_frame:]
 
 
 @dataclass

@@ -25,6 +25,7 @@ from fovea.core.errors import PluginError
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "fovea.plugins.encoders.deep",
     "fovea.plugins.encoders.posthoc",
+    "fovea.plugins.encoders.baselines",
     "fovea.plugins.heads.film",
     "fovea.plugins.data.synthetic",
     "fovea.plugins.data.videos",
@@ -49,18 +50,17 @@ HOOKS: dict[str, str] = {
 
 
 def contracts() -> dict[str, type]:
-    """kind -> the ``typing.Protocol`` a part of that kind must keep (checked when it registers)."""
-    from fovea.core.objectives import Objective
-    from fovea.core.trackers import Tracker
+    """kind -> the ``typing.Protocol`` a part of that kind must keep (``fovea.core.contracts``)."""
+    from fovea.core.contracts import CONTRACTS
 
-    return {"objective": Objective, "tracker": Tracker}
+    return CONTRACTS
 
 
 def missing_members(cls: type, protocol: type) -> list[str]:
-    """The public members ``protocol`` declares (methods and annotated attributes) that ``cls`` lacks."""
-    declared = {name for name in vars(protocol) if not name.startswith("_")} | set(
-        getattr(protocol, "__annotations__", {}))
-    return sorted(name for name in declared if not hasattr(cls, name))
+    """The methods ``protocol`` declares that ``cls`` lacks (attributes set in ``__init__`` are checked at build)."""
+    declared = [name for name, value in vars(protocol).items()
+                if callable(value) and (not name.startswith("_") or name in ("__len__", "__getitem__"))]
+    return sorted(name for name in declared if not callable(getattr(cls, name, None)))
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,7 @@ class Split:
         """What ``split.json`` holds: how the split was made and the source and frames of each held-out clip."""
         info = self.val.cache.clip_info()
         return {"method": METHOD if self.val.cache is self.train.cache else "held out: a separate source ([eval] path)",
-                "train_cache": str(self.train.cache.root), "val_cache": str(self.val.cache.root),
+                "train_cache": self.train.cache.location, "val_cache": self.val.cache.location,
                 "num_train": len(self.train), "num_val": len(self.val),
                 "val": [{"index": i, "source": info[i]["source"], "frame_indices": info[i]["frame_indices"]}
                         for i in self.val.indices]}

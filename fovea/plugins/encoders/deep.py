@@ -1,12 +1,13 @@
-"""``deep``: the query as an extra token through every DINOv3 block, with a per-layer key/value cache.
+"""``deep``: the query as an extra token through every ViT block, with a per-layer key/value cache.
 
-SPEC.md "Query mechanism" §1 (deep masked injection). At every layer the query attends to CLS,
-registers, patches and itself; no image token attends to the query; the query gets no RoPE. Because
-the image tokens never see the query, their keys and values do not depend on it: ``encode`` runs the
-ordinary encoder forward once and keeps each layer's keys/values, and ``attend`` then moves only the
-query token through the layers against that cache (one token per layer instead of ~260). Pass 1 and
-pass 2 of the model share one ``encode``; gradients flow through the cached keys/values into the
-encoder.
+SPEC.md "Query mechanism" §1 (deep masked injection), on either backbone (``backbone.py``: DINOv3, the
+spec's, or DINOv2). At every layer the query attends to CLS, registers, patches and itself; no image
+token attends to the query; the query gets no position information (no RoPE on DINOv3; on DINOv2 it
+joins after the embeddings, which add the learned position embeddings). Because the image tokens never
+see the query, their keys and values do not depend on it: ``encode`` runs the ordinary encoder forward
+once and keeps each layer's keys/values, and ``attend`` then moves only the query token through the
+layers against that cache (one token per layer instead of ~260). Pass 1 and pass 2 of the model share
+one ``encode``; gradients flow through the cached keys/values into the encoder.
 
 ``masked_forward`` is the slow reference that the cache replaces: the whole encoder re-run with the
 query appended and the asymmetric mask. It is used by the benchmark and the cross-checks.
@@ -22,13 +23,13 @@ from torch.utils.checkpoint import checkpoint
 
 from fovea.core.errors import ConfigError
 from fovea.core.hookspecs import hookimpl
-from fovea.plugins.encoders.dinov3 import DINOv3Options, load_dinov3, normalize
+from fovea.plugins.encoders.backbone import BACKBONES, BackboneOptions, ViT, load_backbone
 
 
 class DeepEncoder(nn.Module):
-    """DINOv3 with the query injected as an extra token into every block (the SPEC's mechanism)."""
+    """A DINOv3 (or DINOv2) ViT with the query injected as an extra token into every block (the SPEC's mechanism)."""
 
-    class Config(DINOv3Options):
+    class Config(BackboneOptions):
         """Options of the ``deep`` encoder."""
 
         inject_from_layer: int = Field(0, ge=0)
@@ -39,14 +40,14 @@ class DeepEncoder(nn.Module):
     def __init__(self, config: Config):
         super().__init__()
         self.config = config
-        self.backbone = load_dinov3(config)
+        self.backbone = load_backbone(config)
         num_layers = self.backbone.config.num_hidden_layers
         if not 0 <= config.inject_from_layer < num_layers:
             raise ConfigError(
-                f"model.encoder.inject_from_layer = {config.inject_from_layer}, but the DINOv3 encoder has "
+                f"model.encoder.inject_from_layer = {config.inject_from_layer}, but the {self.vit.title} encoder has "
                 f"{num_layers} layers: pick a block index from 0 (all layers, the SPEC) to {num_layers - 1}.")
         self.dim = self.backbone.config.hidden_size
-        self.num_prefix_tokens = 1 + self.backbone.config.num_register_tokens  # CLS + registers
+        self.num_prefix_tokens = self.vit.num_prefix_tokens                # CLS + registers
         self.query_input_proj = nn.Linear(self.dim, self.dim, bias=False)  # no bias: SPEC failure mode
         self.query_output_proj = nn.Linear(self.dim, self.dim)
         self._compiled: dict = {}   # "frame"/"query" -> the compiled block step (functions: names unchanged)
@@ -61,46 +62,58 @@ class DeepEncoder(nn.Module):
         return self.config.activation_checkpointing and self.training and torch.is_grad_enabled()
 
     @property
+    def vit(self) -> ViT:
+        """The backbone seen through its adapter (the per-layer operations that differ between ViTs)."""
+        return BACKBONES[self.config.backbone](self.backbone)
+
+    @property
+    def backbone_config(self):
+        """The backbone's transformers config (the contract's optional extension the audit's architecture check reads)."""
+        return self.backbone.config
+
+    def masked_forward(self, frames: torch.Tensor, queries: torch.Tensor):
+        """The slow reference the cache replaces (module-level ``masked_forward``): the contract's optional extension."""
+        return masked_forward(self, frames, queries)
+
+    @property
     def query_layers(self) -> nn.ModuleList:
         """The blocks the query runs through: ``inject_from_layer`` to the last."""
-        return self.backbone.model.layer[self.config.inject_from_layer:]
+        return self.vit.layers[self.config.inject_from_layer:]
 
     def encode(self, frames: torch.Tensor) -> dict[str, torch.Tensor | tuple[torch.Tensor, ...]]:
         """Frames (N, 3, H, W) in [0, 1] -> the per-frame cache the query passes read.
 
-        ``"tokens"``: (N, K, D) final normed tokens ``[CLS, registers, patches]``, exactly
-        ``DINOv3ViTModel``'s ``last_hidden_state`` (same meaning as ``posthoc``'s cache).
+        ``"tokens"``: (N, K, D) final normed tokens ``[CLS, registers, patches]``, exactly the
+        backbone's ``last_hidden_state`` (same meaning as ``posthoc``'s cache).
         ``"keys"`` / ``"values"``: one (N, heads, K, head_dim) tensor per query layer (from
-        ``inject_from_layer`` on); keys after RoPE, as the attention used them.
+        ``inject_from_layer`` on); keys after RoPE (DINOv3), as the attention used them.
         """
-        backbone = self.backbone
-        pixels = normalize(frames).to(backbone.embeddings.patch_embeddings.weight.dtype)
-        x = backbone.embeddings(pixels)                                     # (N, K, D)
-        cos, sin = backbone.rope_embeddings(pixels)                         # (P, head_dim) each
+        vit = self.vit
+        x, position = vit.embed(vit.pixels(frames))                         # (N, K, D), RoPE tables or None
         keys, values = [], []
         block, checkpointing = self._compiled.get("frame", self.frame_block), self._checkpointing()
-        for index, layer in enumerate(backbone.model.layer):
+        for index, layer in enumerate(vit.layers):
             if checkpointing:   # keep x for backward, run the block again there (keys/values are kept for the reads)
-                x, k, v = checkpoint(block, layer, x, cos, sin, use_reentrant=False)
+                x, k, v = checkpoint(block, layer, x, position, use_reentrant=False)
             else:
-                x, k, v = block(layer, x, cos, sin)
+                x, k, v = block(layer, x, position)
             if index >= self.config.inject_from_layer:
                 keys.append(k)
                 values.append(v)
-        return {"tokens": backbone.norm(x), "keys": tuple(keys), "values": tuple(values)}
+        return {"tokens": vit.final_norm(x), "keys": tuple(keys), "values": tuple(values)}
 
-    def frame_block(self, layer: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        """One DINOv3 block over the frames' tokens x (N, K, D) -> (x, its keys and values (N, heads, K, head_dim))."""
-        attention = layer.attention
+    def frame_block(self, layer: nn.Module, x: torch.Tensor, position):
+        """One ViT block over the frames' tokens x (N, K, D) -> (x, its keys and values (N, heads, K, head_dim))."""
+        vit, attention = self.vit, layer.attention
         # One forward computes the attention from the very q/k/v it caches: no second pass for K/V.
-        q, k, v = self._qkv(layer, x)                                       # (N, heads, K, head_dim)
-        # The RoPE tables are float32: keep q, k in the projections' dtype (what SDPA computes in
-        # under autocast anyway), so the whole cache is in one dtype.
-        q, k = (_rope_patches(t, cos, sin).to(v.dtype) for t in (q, k))
-        # Contiguous per head (RoPE's cat already makes k so): the query passes multiply by the
-        # cached keys/values as batched matrices, which would otherwise copy them on every pass.
-        v = v.contiguous()
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=_dropout(attention),
+        q, k, v = vit.qkv(layer, x)                                         # (N, heads, K, head_dim)
+        # DINOv3's RoPE tables are float32: keep q, k in the projections' dtype (what SDPA computes
+        # in under autocast anyway), so the whole cache is in one dtype.
+        q, k = (vit.rotate(t, position).to(v.dtype) for t in (q, k))
+        # Contiguous per head (a no-op after RoPE's cat): the query passes multiply by the cached
+        # keys/values as batched matrices, which would otherwise copy them on every pass.
+        k, v = k.contiguous(), v.contiguous()
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=vit.dropout(attention),
                                              scale=attention.scaling)       # (N, heads, K, head_dim)
         x = x + layer.drop_path(layer.layer_scale1(attention.o_proj(out.transpose(1, 2).flatten(2))))
         x = x + layer.drop_path(layer.layer_scale2(layer.mlp(layer.norm2(x))))  # (N, K, D)
@@ -115,7 +128,7 @@ class DeepEncoder(nn.Module):
         on, a last column for the query itself; each row sums to 1. ``all_layers=True`` returns every
         query layer's instead: (N, num_query_layers, num_tokens).
         """
-        layers = self.query_layers
+        vit, layers = self.vit, self.query_layers
         keys, values = cache["keys"], cache["values"]
         if len(keys) != len(layers):
             raise ValueError(f"the cache holds {len(keys)} layers of keys, the query runs through {len(layers)}: "
@@ -127,7 +140,7 @@ class DeepEncoder(nn.Module):
             x, weights = block(layer, x, keys[index], values[index], weights_wanted)
             if weights is not None:
                 maps.append(weights.mean(dim=1)[:, 0])                      # (N, K'): mean over heads
-        features = self.query_output_proj(self.backbone.norm(x[:, 0]))     # (N, D)
+        features = self.query_output_proj(vit.final_norm(x[:, 0]))         # (N, D)
         if not return_attention:
             return features
         return features, (torch.stack(maps, dim=1) if all_layers else maps[0])  # (N, L', K') or (N, K')
@@ -136,25 +149,25 @@ class DeepEncoder(nn.Module):
                     weights_wanted: bool):
         """The query token x (N, 1, D) through one block against the block's cached keys/values ->
         (x, the attention weights (N, heads, 1, K') or None). Not checkpointed: one token per frame."""
-        attention = layer.attention
-        q, k, v = self._qkv(layer, x)                                       # (N, heads, 1, head_dim), no RoPE
-        out, weights = self._query_attention(attention, q, k, v, keys, values, weights_wanted)
-        # drop_path (0 in DINOv3's presets; identity outside training) draws its own samples here,
+        vit, attention = self.vit, layer.attention
+        q, k, v = vit.qkv(layer, x)                                         # (N, heads, 1, head_dim), no RoPE
+        out, weights = self._query_attention(attention, q, k, v, keys, values, weights_wanted,
+                                             vit.dropout(attention))
+        # drop_path (0 in both backbones' presets; identity outside training) draws its own samples here,
         # independently of the frame's draw in ``encode``.
         x = x + layer.drop_path(layer.layer_scale1(attention.o_proj(out.transpose(1, 2).flatten(2))))
         x = x + layer.drop_path(layer.layer_scale2(layer.mlp(layer.norm2(x))))  # (N, 1, D)
         return x, weights
 
-    def _query_attention(self, attention: nn.Module, q, k, v, keys, values, weights_wanted: bool):
+    def _query_attention(self, attention: nn.Module, q, k, v, keys, values, weights_wanted: bool, p: float):
         """The query (N, heads, 1, head_dim) over the cached keys/values (N, heads, K, head_dim) and,
         with ``query_self_attention``, its own k, v -> (output (N, heads, 1, head_dim), weights or None).
 
         SDPA takes one key tensor, so giving it the query's own key would copy the whole cache at every
         layer of every pass; instead the softmax is written out in two parts (cache, self), which reads
         the cache once, equals SDPA on the concatenation to float rounding, and is faster on CPU.
-        SDPA is used as is when there is no self term and no weights are wanted.
+        SDPA is used as is when there is no self term and no weights are wanted. ``p``: attention dropout.
         """
-        p = _dropout(attention)
         if not (self.config.query_self_attention or weights_wanted):
             return F.scaled_dot_product_attention(q, keys, values, dropout_p=p, scale=attention.scaling), None
         scores = q @ keys.transpose(-1, -2)                                 # (N, heads, 1, K)
@@ -168,57 +181,34 @@ class DeepEncoder(nn.Module):
             out = out + dropped[..., -1:] * v
         return out, (weights if weights_wanted else None)
 
-    @staticmethod
-    def _qkv(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Tokens (N, T, D) -> per-head queries, keys, values (N, heads, T, head_dim), before RoPE."""
-        attention = layer.attention
-        h = layer.norm1(x)                                                  # (N, T, D)
-        shape = (*x.shape[:2], attention.num_heads, attention.head_dim)
-        return tuple(proj(h).view(shape).transpose(1, 2)
-                     for proj in (attention.q_proj, attention.k_proj, attention.v_proj))
-
-
-def _rope_patches(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE on the patch tokens (the last P) of x (N, heads, K, head_dim); CLS and registers unrotated."""
-    prefix, patches = x.split((x.shape[-2] - cos.shape[-2], cos.shape[-2]), dim=-2)
-    half = patches.shape[-1] // 2
-    rotated = torch.cat([-patches[..., half:], patches[..., :half]], dim=-1)
-    return torch.cat([prefix, patches * cos + rotated * sin], dim=-2)
-
-
-def _dropout(attention: nn.Module) -> float:
-    """The attention-dropout probability in force (DINOv3's is 0; only ever active in training)."""
-    return attention.dropout if attention.training else 0.0
-
 
 def masked_forward(encoder: DeepEncoder, frames: torch.Tensor, queries: torch.Tensor):
     """The slow reference: the whole encoder re-run with the query token and the asymmetric mask.
 
     Frames (N, 3, H, W) in [0, 1], queries (N, D) -> (features (N, D), tokens (N, K, D)): the query's
     features as ``encoder.attend`` computes them, and the final normed image tokens (query removed).
-    Every block runs on all K + 1 tokens through transformers' own ``DINOv3ViTLayer`` with an additive
-    mask: no image token sees the query; the query sees every token (and itself when
-    ``query_self_attention``). The query sits between the registers and the patches, where
-    transformers' RoPE, applied to the last P tokens only, leaves it unrotated. What ``attend`` saves
-    is exactly this: K + 1 tokens per layer instead of 1. Used by the benchmark and the tests.
+    Every block runs on all K + 1 tokens through transformers' own layer (``DINOv3ViTLayer``,
+    ``Dinov2Layer``) with an additive mask: no image token sees the query; the query sees every token
+    (and itself when ``query_self_attention``). The query sits between the registers and the patches:
+    after the embeddings (so DINOv2's learned position embeddings never reach it) and outside the last
+    P tokens, the only ones DINOv3's RoPE rotates. What ``attend`` saves is exactly this: K + 1 tokens
+    per layer instead of 1. Used by the benchmark and the tests.
     """
-    backbone, config = encoder.backbone, encoder.config
-    pixels = normalize(frames).to(backbone.embeddings.patch_embeddings.weight.dtype)
-    x = backbone.embeddings(pixels)                                         # (N, K, D)
-    position_embeddings = backbone.rope_embeddings(pixels)
+    vit, config = encoder.vit, encoder.config
+    x, position = vit.embed(vit.pixels(frames))                             # (N, K, D), RoPE tables or None
     slot, num_tokens = encoder.num_prefix_tokens, x.shape[1] + 1
     image = torch.arange(num_tokens, device=x.device) != slot               # (K + 1,)
     blocked = image[:, None] & ~image[None, :]                              # image rows, query column
     if not config.query_self_attention:
         blocked[slot, slot] = True
     mask = torch.zeros(num_tokens, num_tokens, dtype=x.dtype, device=x.device).masked_fill(blocked, float("-inf"))
-    for index, layer in enumerate(backbone.model.layer):
+    for index, layer in enumerate(vit.layers):
         if index == config.inject_from_layer:
             query = encoder.query_input_proj(queries.to(x.dtype))[:, None]   # (N, 1, D)
             x = torch.cat([x[:, :slot], query, x[:, slot:]], dim=1)          # (N, K + 1, D)
         joined = index >= config.inject_from_layer
-        x = layer(x, attention_mask=mask[None, None] if joined else None, position_embeddings=position_embeddings)
-    x = backbone.norm(x)                                                    # (N, K + 1, D)
+        x = vit.block(layer, x, mask[None, None] if joined else None, position)
+    x = vit.final_norm(x)                                                   # (N, K + 1, D)
     tokens = torch.cat([x[:, :slot], x[:, slot + 1:]], dim=1)               # (N, K, D)
     return encoder.query_output_proj(x[:, slot]), tokens
 

@@ -1,4 +1,4 @@
-"""``posthoc``: one softmax attention of the projected query over DINOv3's final tokens.
+"""``posthoc``: one softmax attention of the projected query over the backbone's final tokens (DINOv3 or DINOv2).
 
 SPEC.md "Query mechanism" §2: the simplification the original code shipped, kept as the baseline and
 ablation. It is known to collapse to near-uniform attention on DINO features (entropy ~ log N).
@@ -12,31 +12,41 @@ import torch
 from torch import nn
 
 from fovea.core.hookspecs import hookimpl
-from fovea.plugins.encoders.dinov3 import DINOv3Options, compile_layers, load_dinov3, normalize
+from fovea.plugins.encoders.backbone import BACKBONES, BackboneOptions, ViT, compile_layers, load_backbone
 
 
 class PosthocEncoder(nn.Module):
-    """DINOv3 + post-hoc cross-attention of the query over the final tokens (baseline)."""
+    """A DINOv3 (or DINOv2) ViT + post-hoc cross-attention of the query over the final tokens (baseline)."""
 
-    class Config(DINOv3Options):
+    class Config(BackboneOptions):
         """Options of the ``posthoc`` encoder."""
 
     def __init__(self, config: Config):
         super().__init__()
         self.config = config
-        self.backbone = load_dinov3(config)
+        self.backbone = load_backbone(config)
         self.dim = self.backbone.config.hidden_size
-        self.num_prefix_tokens = 1 + self.backbone.config.num_register_tokens  # CLS + registers
+        self.num_prefix_tokens = self.vit.num_prefix_tokens                # CLS + registers
         self.query_input_proj = nn.Linear(self.dim, self.dim, bias=False)  # no bias: SPEC failure mode
         self.query_output_proj = nn.Linear(self.dim, self.dim)
 
+    @property
+    def vit(self) -> ViT:
+        """The backbone seen through its adapter."""
+        return BACKBONES[self.config.backbone](self.backbone)
+
+    @property
+    def backbone_config(self):
+        """The backbone's transformers config (the contract's optional extension the audit's architecture check reads)."""
+        return self.backbone.config
+
     def encode(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
         """Frames (N, 3, H, W) in [0, 1] -> {"tokens": (N, 1 + R + P, D)} final normed tokens."""
-        return {"tokens": self.backbone(pixel_values=normalize(frames)).last_hidden_state}
+        return {"tokens": self.backbone(pixel_values=self.vit.pixels(frames)).last_hidden_state}
 
     def compile_blocks(self, **options) -> None:
-        """``torch.compile`` each DINOv3 block (``[training] compile``)."""
-        compile_layers(self.backbone, **options)
+        """``torch.compile`` each block of the backbone (``[training] compile``)."""
+        compile_layers(self.backbone, self.config.backbone, **options)
 
     def attend(self, queries: torch.Tensor, cache: dict[str, torch.Tensor], return_attention: bool = False):
         """Queries (N, D), row i reading frame i -> features (N, D) [, attention (N, num_tokens)]."""

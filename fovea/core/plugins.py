@@ -59,7 +59,8 @@ def contracts() -> dict[str, type]:
 def missing_members(cls: type, protocol: type) -> list[str]:
     """The methods ``protocol`` declares that ``cls`` lacks (attributes set in ``__init__`` are checked at build)."""
     declared = [name for name, value in vars(protocol).items()
-                if callable(value) and (not name.startswith("_") or name in ("__len__", "__getitem__"))]
+                if (callable(value) or isinstance(value, (classmethod, staticmethod)))
+                and (not name.startswith("_") or name in ("__len__", "__getitem__"))]
     return sorted(name for name in declared if not callable(getattr(cls, name, None)))
 
 

@@ -108,6 +108,9 @@ class FoveatedVLM(nn.Module):
     def _suffix(self, targets: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """(B, L, H): what the objectives append after the frames (at most one of them appends)."""
         parts = [s for s in (o.suffix(self, targets) for o, _ in self.objectives.values()) if s is not None]
+        if len(parts) > 1:
+            raise FoveaError(f"{len(parts)} objectives append tokens after the frames; the sequence holds one "
+                             f"suffix: train one of them")
         return parts[0] if parts else None
 
     def idle_parameters(self) -> list[str]:

@@ -296,3 +296,26 @@ def compile_layers(model: nn.Module, backbone: str, **options) -> None:
     """``torch.compile`` each block of a backbone model in place (names unchanged; ``[training] compile``)."""
     for layer in BACKBONES[backbone](model).layers:
         layer.compile(**options)
+
+
+class BackboneEncoder(nn.Module):
+    """What every built-in encoder shares: the ViT backbone its options name, its width ``dim``, its
+    ``num_prefix_tokens`` (CLS and registers), its adapter ``vit`` and ``backbone_config`` (optional
+    extensions of the encoder contract, ``fovea.core.contracts.Encoder``)."""
+
+    def __init__(self, config: BackboneOptions):
+        super().__init__()
+        self.config = config
+        self.backbone = load_backbone(config)
+        self.dim = self.backbone.config.hidden_size
+        self.num_prefix_tokens = self.vit.num_prefix_tokens                # CLS + registers
+
+    @property
+    def vit(self) -> ViT:
+        """The backbone seen through its adapter (the per-layer operations that differ between ViTs)."""
+        return BACKBONES[self.config.backbone](self.backbone)
+
+    @property
+    def backbone_config(self):
+        """The backbone's transformers config (what the audit's architecture check and the memory model read)."""
+        return self.backbone.config

@@ -24,30 +24,16 @@ from torch import nn
 
 from fovea.core.errors import ConfigError
 from fovea.core.hookspecs import hookimpl
-from fovea.plugins.encoders.backbone import BACKBONES, BackboneOptions, ViT, compile_layers, load_backbone
+from fovea.plugins.encoders.backbone import BackboneEncoder, BackboneOptions, compile_layers
 
 
-class _PatchBaseline(nn.Module):
+class _PatchBaseline(BackboneEncoder):
     """The shared part: the backbone, ``encode`` to the final patch tokens, uniform "attention" over them."""
 
     uses_query = False
 
     def __init__(self, config: BackboneOptions):
-        super().__init__()
-        self.config = config
-        self.backbone = load_backbone(config)
-        self.dim = self.backbone.config.hidden_size
-        self.num_prefix_tokens = self.vit.num_prefix_tokens                # CLS + registers
-
-    @property
-    def vit(self) -> ViT:
-        """The backbone seen through its adapter."""
-        return BACKBONES[self.config.backbone](self.backbone)
-
-    @property
-    def backbone_config(self):
-        """The backbone's transformers config (optional extension of the encoder contract)."""
-        return self.backbone.config
+        super().__init__(config)
 
     def compile_blocks(self, **options) -> None:
         """``torch.compile`` each block of the backbone (``[training] compile``)."""

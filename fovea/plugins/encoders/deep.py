@@ -23,10 +23,10 @@ from torch.utils.checkpoint import checkpoint
 
 from fovea.core.errors import ConfigError
 from fovea.core.hookspecs import hookimpl
-from fovea.plugins.encoders.backbone import BACKBONES, BackboneOptions, ViT, load_backbone
+from fovea.plugins.encoders.backbone import BackboneEncoder, BackboneOptions
 
 
-class DeepEncoder(nn.Module):
+class DeepEncoder(BackboneEncoder):
     """A DINOv3 (or DINOv2) ViT with the query injected as an extra token into every block (the SPEC's mechanism)."""
 
     class Config(BackboneOptions):
@@ -38,16 +38,12 @@ class DeepEncoder(nn.Module):
         """The query attends to itself as well as to the image tokens at every layer (SPEC: true)."""
 
     def __init__(self, config: Config):
-        super().__init__()
-        self.config = config
-        self.backbone = load_backbone(config)
+        super().__init__(config)
         num_layers = self.backbone.config.num_hidden_layers
         if not 0 <= config.inject_from_layer < num_layers:
             raise ConfigError(
                 f"model.encoder.inject_from_layer = {config.inject_from_layer}, but the {self.vit.title} encoder has "
                 f"{num_layers} layers: pick a block index from 0 (all layers, the SPEC) to {num_layers - 1}.")
-        self.dim = self.backbone.config.hidden_size
-        self.num_prefix_tokens = self.vit.num_prefix_tokens                # CLS + registers
         self.query_input_proj = nn.Linear(self.dim, self.dim, bias=False)  # no bias: SPEC failure mode
         self.query_output_proj = nn.Linear(self.dim, self.dim)
         self._compiled: dict = {}   # "frame"/"query" -> the compiled block step (functions: names unchanged)
@@ -60,16 +56,6 @@ class DeepEncoder(nn.Module):
 
     def _checkpointing(self) -> bool:
         return self.config.activation_checkpointing and self.training and torch.is_grad_enabled()
-
-    @property
-    def vit(self) -> ViT:
-        """The backbone seen through its adapter (the per-layer operations that differ between ViTs)."""
-        return BACKBONES[self.config.backbone](self.backbone)
-
-    @property
-    def backbone_config(self):
-        """The backbone's transformers config (the contract's optional extension the audit's architecture check reads)."""
-        return self.backbone.config
 
     def masked_forward(self, frames: torch.Tensor, queries: torch.Tensor):
         """The slow reference the cache replaces (module-level ``masked_forward``): the contract's optional extension."""

@@ -12,33 +12,19 @@ import torch
 from torch import nn
 
 from fovea.core.hookspecs import hookimpl
-from fovea.plugins.encoders.backbone import BACKBONES, BackboneOptions, ViT, compile_layers, load_backbone
+from fovea.plugins.encoders.backbone import BackboneEncoder, BackboneOptions, compile_layers
 
 
-class PosthocEncoder(nn.Module):
+class PosthocEncoder(BackboneEncoder):
     """A DINOv3 (or DINOv2) ViT + post-hoc cross-attention of the query over the final tokens (baseline)."""
 
     class Config(BackboneOptions):
         """Options of the ``posthoc`` encoder."""
 
     def __init__(self, config: Config):
-        super().__init__()
-        self.config = config
-        self.backbone = load_backbone(config)
-        self.dim = self.backbone.config.hidden_size
-        self.num_prefix_tokens = self.vit.num_prefix_tokens                # CLS + registers
+        super().__init__(config)
         self.query_input_proj = nn.Linear(self.dim, self.dim, bias=False)  # no bias: SPEC failure mode
         self.query_output_proj = nn.Linear(self.dim, self.dim)
-
-    @property
-    def vit(self) -> ViT:
-        """The backbone seen through its adapter."""
-        return BACKBONES[self.config.backbone](self.backbone)
-
-    @property
-    def backbone_config(self):
-        """The backbone's transformers config (the contract's optional extension the audit's architecture check reads)."""
-        return self.backbone.config
 
     def encode(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
         """Frames (N, 3, H, W) in [0, 1] -> {"tokens": (N, 1 + R + P, D)} final normed tokens."""

@@ -64,7 +64,8 @@ class Caption:
     def baselines(self, train, batch_size: int, codec) -> dict:
         """Frames-blind token models of the training captions of ``train``: ``unigram`` and ``bigram``,
         scored on the same tokens as the model (EOS included); losses per clip (B, 1)."""
-        captions = [train.cache.captions()[i] for i in train.indices]
+        every = train.cache.captions()                                            # one copy, not one per clip
+        captions = [every[i] for i in train.indices]
         rows = [codec.caption_ids([c], self.config.max_tokens)[0].tolist() for c in captions if c]
         if not rows:
             return {}

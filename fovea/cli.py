@@ -207,7 +207,7 @@ def eval_command(
         typer.echo(line)
     flops = result["flops_per_clip"]
     typer.echo(f"FLOPs per clip: {flops['forward'] / 1e9:.4g} G forward, {flops['train_step'] / 1e9:.4g} G training step")
-    written = RunDir.open(run_dir).eval_file(split)
+    written = RunDir.resolve(run_dir).eval_file(split)
     typer.echo(f"wrote {written} and {written.with_suffix('.md').name}")
 
 

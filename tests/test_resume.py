@@ -292,7 +292,7 @@ def test_a_run_is_trained_by_one_process_at_a_time(run_copy):
 @pytest.mark.parametrize("args, message", [
     (["run"], "give a CONFIG to start a run, or --resume RUN_DIR|latest"),
     (["run", str(QUICKSTART), "--force"], "--force only applies with --resume"),
-    (["run", "--resume", "latest", "--set", 'run.output_dir="/nonexistent/runs"'], "no run to resume"),
+    (["run", "--resume", "latest", "--set", 'run.output_dir="/nonexistent/runs"'], "/nonexistent/runs/latest does not exist"),
 ])
 def test_run_command_mistakes(args, message):
     result = runner.invoke(app, args)

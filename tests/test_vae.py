@@ -88,7 +88,7 @@ def test_pooling_init_with_pretrained_weights_is_an_error(tmp_path):
 
 @pytest.mark.parametrize("made_as", ["pooling", "random"])
 def test_audit_compares_the_runs_vae_with_the_same_init(tmp_path, made_as):
-    from fovea.audit.run import load_run_vae
+    from fovea.core.rundata import load_run_vae
 
     used = save_random_vae(vae_config(tmp_path, made_as).model.vae, tmp_path / "cache" / "vae", seed=0)
     run = SimpleNamespace(path=tmp_path / "run")

@@ -381,21 +381,20 @@ def diagnose(config: FoveaConfig, report: dict[str, Any]) -> list[dict[str, str]
 def profile_target(config_path, overrides=()) -> tuple[FoveaConfig, RunDir | None]:
     """The config to profile and the run directory to write into.
 
-    With a config: None, a new run directory of its own that ``profile`` makes (``runs/latest`` keeps
-    naming the last training run). Without: the config of ``runs/latest``, and the profile goes into
-    that run, beside its metrics.
+    With a config: None, a new run directory of its own that ``profile`` makes (``latest`` keeps
+    naming the last training run). Without: the config of the newest run (``RunDir.resolve("latest")``),
+    and the profile goes into that run, beside its metrics.
     """
-    from pathlib import Path
-
     from fovea.core.config import load_config
     from fovea.core.errors import FoveaError
+    from fovea.core.rundir import NoRunError
 
     if config_path is None:
-        latest = Path("runs/latest")
-        if not latest.exists():
-            raise FoveaError("no CONFIG given and no runs/latest to take one from: pass a config, e.g. "
-                             "`fovea profile configs/quickstart.toml --steps 20`")
-        run = RunDir.open(latest)
+        try:
+            run = RunDir.resolve("latest", None, overrides)   # under run.output_dir when --set names one
+        except NoRunError as exc:
+            raise FoveaError(f"no CONFIG given and no {exc.link} to take one from: pass a config, e.g. "
+                             f"`fovea profile configs/quickstart.toml --steps 20`") from None
         return load_config(run.config_file, overrides), run
     config = load_config(config_path, overrides)
     config.run.name = f"{config.run.name}-profile"

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from fovea.audit.spec import Spec, load_spec
 from fovea.core.checkpoint import load_weights
 from fovea.core.config import FoveaConfig
 from fovea.core.errors import FoveaError
+from fovea.core.rundata import clip_latents, load_run_vae
 from fovea.core.rundir import RunDir, checkpoint_step
 
 PROBE_CLIPS = 2
@@ -89,7 +88,7 @@ def load_evidence(run_dir: str | Path, spec_path: str | Path | None = None) -> E
     """The run's files, parsed and checked for completeness, its models rebuilt and a probe batch read."""
     import fovea
 
-    run = RunDir.open(run_dir)
+    run = RunDir.resolve(run_dir)
     config = fovea.load_config(run.config_file)
     spec = load_spec(spec_path if spec_path is not None else config.run.spec)
     metrics = read_metrics(run)
@@ -98,18 +97,14 @@ def load_evidence(run_dir: str | Path, spec_path: str | Path | None = None) -> E
     env = run.read_json(run.env_file)
     data_report = run.read_json(run.data_report_file)
     profile = run.read_json(run.profile_file)
-    checkpoint = run.checkpoint_file   # the newest complete checkpoint's weights; a FoveaError if none
-    if not checkpoint.exists():
-        raise FoveaError(f"{checkpoint}: missing; the run's newest checkpoint has no weights. Restore the file, "
-                         f"or train again with `fovea run {run.config_file}`")
 
     with torch.random.fork_rng(devices=[]):
         initial = fovea.build_model(config).eval()   # seeded by run.seed: the run's initialisation
     model = copy.deepcopy(initial)
-    extra = load_weights(model, checkpoint)
+    extra = load_weights(model, run)   # the newest complete checkpoint; a FoveaError if none
     vae, vae_origin, vae_change = load_run_vae(run, config, data_report)
-    frames, batch_origin, batch_is_real, captions = read_probe_batch(config)
-    latents = compute_latents(vae, frames, config)
+    frames, batch_origin, batch_is_real, captions = read_probe_batch(run, config)
+    latents = clip_latents(vae, frames, config)
     if model.codec is not None and any(c is None for c in captions):   # wiring holds for any text: say which
         captions = [c if c is not None else PROBE_CAPTION for c in captions]
         batch_origin += f"; clips without a caption read the stand-in caption {PROBE_CAPTION!r}"
@@ -163,94 +158,23 @@ def read_metrics(run: RunDir) -> list[dict[str, Any]]:
     return records
 
 
-def load_run_vae(run: RunDir, config: FoveaConfig, data_report: dict | None):
-    """The VAE of the run's targets through ``load_vae``, where it came from, and its change from init.
-
-    A pretrained VAE is loaded from ``model.vae.pretrained``. One without weights was made by
-    ``save_random_vae`` as ``model.vae.init`` says (seeded by ``run.seed``, or the fixed ``pooling`` init): the
-    audit makes that VAE again, with the same init (in a temporary directory) and,
-    when the run's own copy is still on disk (the clip cache's ``vae/`` named in ``data_report.json``, or
-    an older run's ``vae/``), loads that copy and measures how far it is from the seeded one.
-    """
-    from fovea.core import vae as vae_lib   # through the module: tests replace load_vae
-
-    if config.model.vae.pretrained:
-        return vae_lib.load_vae(config.model.vae.pretrained), f"`{config.model.vae.pretrained}` (model.vae.pretrained)", None
-    candidates = []
-    if data_report and isinstance(data_report.get("vae"), str):
-        candidates.append(Path(data_report["vae"]))
-    candidates.append(run.path / "vae")
-    used = next((c for c in candidates if (c / "config.json").is_file()), None)
-    with tempfile.TemporaryDirectory(prefix="fovea-audit-vae-") as tmp:
-        seeded = vae_lib.save_random_vae(config.model.vae, Path(tmp) / "vae", config.run.seed)
-        reference = vae_lib.load_vae(seeded)
-        if used is None:
-            origin = f"{_vae_init(config)} made again (the run's copy is not on disk here)"
-            return reference, origin, 0.0
-        vae = vae_lib.load_vae(used)
-    reference_state = reference.state_dict()
-    state = vae.state_dict()
-    if state.keys() != reference_state.keys():
-        change = math.inf
-    else:
-        change = max((float((state[k].float() - reference_state[k].float()).abs().max()) if state[k].numel() else 0.0)
-                     for k in state) if state else 0.0
-    return vae, f"`{used}` ({_vae_init(config)})", change
-
-
-def _vae_init(config: FoveaConfig) -> str:
-    """How a VAE without weights was initialised, in words."""
-    vae = config.model.vae
-    if vae.init == "random":
-        return f"random `{vae.size}` VAE from run.seed"
-    return f"`{vae.size}` VAE with the fixed `{vae.init}` init (model.vae.init)"
-
-
 # --------------------------------------------------------------------------- the probe batch
 
 
-def read_probe_batch(config: FoveaConfig, num_clips: int = PROBE_CLIPS) -> tuple[torch.Tensor, str, bool, list]:
-    """The first readable clips of the run's data source (uint8 (B, T, 3, S, S)), a description,
-    whether they are real, and their captions (None where a clip has none). When the source cannot be read here (files moved, a plugin missing), the
-    probes still run on seeded noise frames and the report says so."""
-    from fovea.core.data import SkipClip, build_source
+def read_probe_batch(run: RunDir, config: FoveaConfig, num_clips: int = PROBE_CLIPS) -> tuple[torch.Tensor, str, bool, list]:
+    """The run's first clips (``first_clips``: uint8 (B, T, 3, S, S)), where they came from, whether they are
+    real, and their captions (None where a clip has none). When neither the run's cache nor its source can be
+    read here (files moved, a plugin missing), the probes still run on seeded noise frames and the report
+    says so."""
+    from fovea.core.rundata import first_clips
 
-    T, S = config.data.num_frames, config.data.frame_size
-    clips, indices, captions, problem = [], [], [], ""
     try:
-        source = build_source(config)
-        for index in range(len(source)):
-            if len(clips) == num_clips:
-                break
-            try:
-                item = source[index]
-            except SkipClip:
-                continue
-            frames = getattr(item, "frames", item)   # a Clip, or bare frames from an older loader
-            if not isinstance(frames, torch.Tensor) or frames.dtype != torch.uint8 or tuple(frames.shape) != (T, 3, S, S):
-                problem = f"clip {index} is not uint8 frames of shape {(T, 3, S, S)}"
-                break
-            clips.append(frames)
-            indices.append(index)
-            captions.append(getattr(item, "caption", None))
+        clips = first_clips(run, num_clips, config)
+        return clips.frames, clips.origin, True, clips.captions
     except (FoveaError, OSError, ValueError, RuntimeError, IndexError) as exc:
-        problem = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if len(clips) == num_clips and not problem:
-        listed = ", ".join(str(i) for i in indices)
-        return (torch.stack(clips), f"{num_clips} clips of the `{config.data.name}` source (clips {listed})", True,
-                captions)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    T, S = config.data.num_frames, config.data.frame_size
     generator = torch.Generator().manual_seed(config.run.seed)
     noise = torch.randint(0, 256, (num_clips, T, 3, S, S), dtype=torch.uint8, generator=generator)
-    reason = problem or f"the source has fewer than {num_clips} readable clips"
     return (noise, f"{num_clips} clips of seeded noise frames: the `{config.data.name}` source could not be read "
             f"({reason})", False, [None] * num_clips)
-
-
-def compute_latents(vae, frames: torch.Tensor, config: FoveaConfig) -> torch.Tensor:
-    """The targets of the probe clips: the VAE's latents, as the cache computes them (float32)."""
-    from fovea.core.vae import encode_latents
-
-    B, T = frames.shape[:2]
-    with torch.no_grad():
-        latents = encode_latents(vae, frames.flatten(0, 1), config.model.vae.batch_size)   # (B*T, C, h, w)
-    return latents.view(B, T, *latents.shape[1:]).float()

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -46,23 +45,24 @@ def visualize(run_dir: str | Path, clips: int = 2) -> list[Path]:
 
     matplotlib.use("Agg")   # files only: no display needed
     import fovea
-    from fovea.audit.run import load_run_vae
+    from fovea.core.rundata import clip_latents, first_clips, load_run_vae
     from fovea.core.checkpoint import load_weights
 
     if clips < 1:
         raise FoveaError("--clips must be at least 1")
-    run = RunDir.open(run_dir)
+    run = RunDir.resolve(run_dir)
     config = fovea.load_config(run.config_file)
     metrics = run.read_metrics()
     if not metrics:
         raise FoveaError(f"{run.metrics_file}: no metrics; the run stopped before its first log line")
-    checkpoint = run.checkpoint_file   # the newest complete checkpoint; a FoveaError if none
     data_report = run.read_json(run.data_report_file)
     with torch.random.fork_rng(devices=[]):
         model = fovea.build_model(config).eval()
-        load_weights(model, checkpoint)
+        load_weights(model, run)   # the newest complete checkpoint; a FoveaError if none
         vae, _, _ = load_run_vae(run, config, data_report)
-        frames, latents = read_clips(config, data_report, vae, clips)
+        batch = first_clips(run, clips, config)
+        frames = batch.frames
+        latents = batch.latents if batch.latents is not None else clip_latents(vae, frames, config)
         # the queries come before any text in the sequence: a stand-in caption leaves the attention as it is
         targets = model.prepare({"captions": ["a stand-in caption"] * len(frames)}) if model.codec is not None else {}
         with torch.no_grad():
@@ -89,23 +89,6 @@ def visualize(run_dir: str | Path, clips: int = 2) -> list[Path]:
     written.append(plot_entropy(out_dir / "entropy.png", metrics, out.attention_static.shape[-1], run.path.name))
     log_figures(run, config, written)
     return written
-
-
-def read_clips(config, data_report: dict[str, Any] | None, vae, num_clips: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``num_clips`` clips (uint8 (B, T, 3, S, S)) and their latents (B, T, C, h, w): from the
-    run's clip cache, else decoded from the data source and encoded by ``vae`` like the cache does."""
-    from fovea.core.cache import MANIFEST, ClipCache
-
-    root = Path(data_report["cache"]) if data_report and isinstance(data_report.get("cache"), str) else None
-    if root is not None and (root / MANIFEST).is_file():
-        cache = ClipCache(root)
-        batch = cache.read(list(range(min(num_clips, len(cache)))))
-        return batch["frames"], batch["latents"].float()
-    from fovea.audit.run import compute_latents
-    from fovea.core.data import read_clips as read_source_clips
-
-    frames = read_source_clips(config, list(range(num_clips)))
-    return frames, compute_latents(vae, frames, config)
 
 
 @torch.no_grad()

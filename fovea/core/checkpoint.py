@@ -28,14 +28,12 @@ import torch
 from fovea.core.config import FoveaConfig
 from fovea.core.errors import FoveaError
 from fovea.core.files import fsync_path, write_synced
-from fovea.core.rundir import CHECKPOINT_INFO, RunDir, checkpoint_name
+from fovea.core.rundir import CHECKPOINT_INFO, MODEL, SHARDED, RunDir, checkpoint_name
 
 if TYPE_CHECKING:
     from fovea.core.train import TrainState
 
 FORMAT = 2        # 2: per-rank RNG states, sharded/ for FSDP runs; format 1 checkpoints are read as well
-MODEL = "model.safetensors"
-SHARDED = "sharded"
 TRAINING_STATE = "training_state.pt"
 LOADER_STATE = "loader_state.json"
 
@@ -312,14 +310,23 @@ def load_sharded_weights(model: torch.nn.Module, directory: Path) -> None:
     model.load_state_dict(state)
 
 
-def load_weights(model: torch.nn.Module, path: Path) -> list[str]:
-    """Load ``model.safetensors`` (or an FSDP run's ``sharded/`` directory) into ``model``; returns the
-    names of tensors the model does not have.
+def load_weights(model: torch.nn.Module, run: RunDir, step: int | None = None) -> list[str]:
+    """Load the weights of ``run``'s newest checkpoint (or of optimizer step ``step``), plain or sharded,
+    into ``model``; returns the names of tensors the model does not have.
 
     For the readers of a run (eval, audit, viz). Tensors named ``vae.*`` are returned for the audit's VAE
     check to report; a checkpoint that misses any of the model's tensors, or holds other foreign ones,
     was not written for this config: an error.
     """
+    path = run.weights_file(run.checkpoint_at(step)) if step is not None else run.checkpoint_file
+    if not path.exists():
+        raise FoveaError(f"{path}: missing; the run's checkpoint has no weights. Restore the file, or train "
+                         f"again with `fovea run {run.config_file}`")
+    return load_weights_file(model, path)
+
+
+def load_weights_file(model: torch.nn.Module, path: Path) -> list[str]:
+    """``load_weights`` from a weights file (``model.safetensors``) or an FSDP run's ``sharded/`` directory."""
     from safetensors import SafetensorError
     from safetensors.torch import load_model
 

@@ -10,6 +10,7 @@ in the data report and left out; the run goes on. ``fovea.core.cache`` decodes e
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterable, Iterator
 
 import torch
 
@@ -62,18 +63,23 @@ def check_clip(clip: Clip, config: FoveaConfig) -> Clip:
     return clip
 
 
+def iter_clips(config: FoveaConfig, indices: Iterable[int] | None = None) -> Iterator[tuple[int, Clip]]:
+    """``(index, clip)`` for the given clips of the config's source (default: all), each checked against the
+    clip contract; clips the source cannot provide (``SkipClip``) are left out."""
+    source = build_source(config)
+    for index in range(len(source)) if indices is None else indices:
+        try:
+            yield index, check_clip(source[index], config)
+        except SkipClip:
+            continue
+
+
 def read_clips(config: FoveaConfig, indices: list[int] | None = None) -> torch.Tensor:
     """Frames of the given clips (default: all) as uint8 (N, T, 3, S, S), skipping unreadable ones.
 
     For tests and probes that need a few real clips; training streams from the cache instead.
     """
-    source = build_source(config)
-    frames = []
-    for index in range(len(source)) if indices is None else indices:
-        try:
-            frames.append(check_clip(source[index], config).frames)
-        except SkipClip:
-            continue
+    frames = [clip.frames for _, clip in iter_clips(config, indices)]
     if not frames:
         raise FoveaError(f"none of the requested clips of the '{config.data.name}' source could be read")
     return torch.stack(frames)

@@ -328,10 +328,10 @@ class TrainedRun:
         from fovea.core.cache import build_cache
         from fovea.core.checkpoint import load_weights
         from fovea.core.devices import DTYPES, resolve_device
-        from fovea.core.rundir import RunDir
+        from fovea.core.rundir import RunDir, checkpoint_step
         from fovea.core.split import build_split, check_recorded
 
-        run = RunDir.open(run_dir)
+        run = RunDir.resolve(run_dir)
         config = fovea.load_config(run.config_file)
         checkpoint = run.checkpoint_at(step) if step is not None else run.latest_checkpoint
         recorded = run.read_json(run.split_file)
@@ -343,7 +343,7 @@ class TrainedRun:
         data = build_split(config, cache, target, progress=progress)
         check_recorded(data, recorded, str(run.split_file))
         model = fovea.build_model(config)
-        load_weights(model, RunDir.weights_file(checkpoint))
+        load_weights(model, run, checkpoint_step(checkpoint))
         dtype = DTYPES[config.precision.dtype] if target.type == "cuda" else torch.float32
         return cls(run, config, checkpoint, data, model.to(target).eval(), target, dtype)
 

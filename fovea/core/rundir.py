@@ -21,12 +21,36 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from fovea.core.config import FoveaConfig, config_to_toml, read_toml
 from fovea.core.errors import FoveaError
 
 CHECKPOINT_INFO = "checkpoint.json"   # written last into a checkpoint directory
+MODEL = "model.safetensors"           # a checkpoint's weights
+SHARDED = "sharded"                   # ... or, for an FSDP2 run, this directory of torch.distributed.checkpoint shards
+LATEST = "latest"                     # <output_dir>/latest: a symlink to the newest run
+DEFAULT_OUTPUT_DIR = "runs"           # run.output_dir's default
+
+
+class NoRunError(FoveaError):
+    """``<output_dir>/latest`` names no run: nothing was trained there yet."""
+
+    def __init__(self, link: Path, message: str):
+        super().__init__(message)
+        self.link = link
+
+
+def output_dir_of(config_path: str | Path | None, overrides: Iterable[str] = ()) -> str:
+    """``run.output_dir`` of a config file with ``--set`` overrides, without building the whole config when
+    no file is given (a ``--set run.output_dir=...`` alone decides then)."""
+    from fovea.core.config import load_config, parse_override
+
+    overrides = list(overrides)
+    if config_path is not None:
+        return load_config(config_path, overrides).run.output_dir
+    given = [value for keys, value in map(parse_override, overrides) if keys == ["run", "output_dir"]]
+    return str(given[-1]) if given else DEFAULT_OUTPUT_DIR
 
 
 def checkpoint_name(step: int) -> str:
@@ -72,7 +96,7 @@ class RunDir:
     def create(cls, config: FoveaConfig) -> "RunDir":
         """A new run directory holding the resolved config and environment (``latest`` is not moved yet)."""
         root = Path(config.run.output_dir)
-        latest = root / "latest"
+        latest = root / LATEST
         if latest.exists() and not latest.is_symlink():
             raise FoveaError(f"{latest} exists and is not a symlink; move it away so fovea can point it at new runs")
         stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{config.run.name}"
@@ -90,7 +114,7 @@ class RunDir:
 
     def mark_latest(self) -> None:
         """Point ``<output_dir>/latest`` at this run (atomically: it always names a complete directory)."""
-        latest = self.path.parent / "latest"
+        latest = self.path.parent / LATEST
         tmp = self.path.parent / f".latest-{os.getpid()}"
         tmp.unlink(missing_ok=True)
         tmp.symlink_to(self.path.name)   # relative: the runs directory can move
@@ -105,6 +129,24 @@ class RunDir:
         if not (resolved / "config.toml").is_file():
             raise FoveaError(f"{path} is not a fovea run directory (no config.toml in it)")
         return cls(resolved)
+
+    @classmethod
+    def latest(cls, output_dir: str | Path = DEFAULT_OUTPUT_DIR) -> "RunDir":
+        """The newest run under ``output_dir`` (what ``<output_dir>/latest`` points at)."""
+        link = Path(output_dir) / LATEST
+        if not link.exists():
+            raise NoRunError(link, f"no run to read: {link} does not exist (no run was trained into {output_dir}); "
+                             f"train one with `fovea run CONFIG`, or name the run directory")
+        return cls.open(link)
+
+    @classmethod
+    def resolve(cls, target: str | Path, config_path: str | Path | None = None,
+                overrides: Iterable[str] = ()) -> "RunDir":
+        """The run a command names: a run directory, or ``latest`` -- the newest run under ``run.output_dir``
+        of ``config_path`` (when given) with the ``--set`` overrides, else under ``runs/``."""
+        if str(target) != LATEST:
+            return cls.open(target)
+        return cls.latest(output_dir_of(config_path, overrides))
 
     def checkpoints(self) -> list[Path]:
         """The complete checkpoint directories, oldest first."""
@@ -133,7 +175,7 @@ class RunDir:
     def checkpoint_file(self) -> Path:
         """The weights of the newest complete checkpoint: its ``model.safetensors``, or the ``sharded/``
         directory of an FSDP run (of a run from before checkpoints/: its root ``model.safetensors``)."""
-        legacy = self.path / "model.safetensors"
+        legacy = self.path / MODEL
         if legacy.is_file() and not self.checkpoints():
             return legacy
         return self.weights_file(self.latest_checkpoint)
@@ -141,7 +183,7 @@ class RunDir:
     @staticmethod
     def weights_file(checkpoint: Path) -> Path:
         """The weights in a checkpoint directory: ``model.safetensors``, or ``sharded/`` (FSDP2)."""
-        return checkpoint / "sharded" if (checkpoint / "sharded").is_dir() else checkpoint / "model.safetensors"
+        return checkpoint / SHARDED if (checkpoint / SHARDED).is_dir() else checkpoint / MODEL
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:

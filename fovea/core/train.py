@@ -397,26 +397,12 @@ def held_out_on_resume(run: RunDir, split):
 
 
 def find_run_to_resume(target: str, config_path: Path | None, overrides: Iterable[str]) -> tuple[FoveaConfig, RunDir]:
-    """The run ``--resume`` names (a directory, or ``latest`` under ``run.output_dir``) and its config.
-
-    The config is the run's own ``config.toml``, or ``config_path`` when given; ``--set`` overrides
-    apply to either.
-    """
-    from fovea.core.config import load_config, parse_override
+    """The run ``--resume`` names (``RunDir.resolve``: a directory, or ``latest``) and its config: the run's
+    own ``config.toml``, or ``config_path`` when given; ``--set`` overrides apply to either."""
+    from fovea.core.config import load_config
 
     overrides = list(overrides)
-    if target == "latest":
-        if config_path is not None:
-            output_dir = load_config(config_path, overrides).run.output_dir
-        else:
-            given = [value for keys, value in map(parse_override, overrides) if keys == ["run", "output_dir"]]
-            output_dir = str(given[-1]) if given else "runs"
-        latest = Path(output_dir) / "latest"
-        if not latest.exists():
-            raise FoveaError(f"no run to resume: {latest} does not exist; name the run directory, "
-                             f"e.g. --resume runs/<timestamp>-<name>")
-        target = str(latest)
-    run = RunDir.open(target)
+    run = RunDir.resolve(target, config_path, overrides)
     return load_config(config_path if config_path is not None else run.config_file, overrides), run
 
 

@@ -111,22 +111,19 @@ def blank_frames(model, frames, latents, targets) -> dict[str, float]:
 
 def clip_isolation(model, frames, latents, targets) -> dict[str, Any]:
     """|d loss of clip 0 / d pixels| summed per clip: only clip 0's entry may be non-zero."""
-    captured: list[torch.Tensor] = []
-    encode = model.encoder.encode
+    from fovea.core.instrument import wrap_encoder
 
-    def leaf_encode(pixels, *args, **kwargs):
+    captured: list[torch.Tensor] = []
+
+    def leaf_encode(encode, pixels, *args, **kwargs):
         pixels = pixels.detach().requires_grad_(True)                            # (B*T, 3, S, S)
         captured.append(pixels)
         return encode(pixels, *args, **kwargs)
 
-    model.encoder.encode = leaf_encode
-    try:
-        with torch.enable_grad():
-            out = model(frames, latents, targets)
-            loss = sum(out.terms[n][m].per_clip[0] for n in out.terms for m in MODES)
-            (grad,) = torch.autograd.grad(loss, captured[0], allow_unused=True)
-    finally:
-        del model.encoder.encode                                                  # the class's method again
+    with wrap_encoder(model.encoder, encode=leaf_encode), torch.enable_grad():
+        out = model(frames, latents, targets)
+        loss = sum(out.terms[n][m].per_clip[0] for n in out.terms for m in MODES)
+        (grad,) = torch.autograd.grad(loss, captured[0], allow_unused=True)
     B, T = frames.shape[:2]
     per_clip = ([0.0] * B if grad is None else
                 grad.reshape(B, T, -1).abs().sum(dim=(1, 2)).tolist())               # (B,)

@@ -60,18 +60,16 @@ def target_leak(model, frames: torch.Tensor, latents: torch.Tensor, targets: dic
 @contextlib.contextmanager
 def record_attend_calls(model) -> Iterator[list[torch.Tensor]]:
     """Record the queries of every ``model.encoder.attend`` call (pass 1 first, then pass 2)."""
+    from fovea.core.instrument import wrap_encoder
+
     calls: list[torch.Tensor] = []
-    original = model.encoder.attend
 
-    def recording(queries, cache, *args, **kwargs):
+    def recording(attend, queries, cache, *args, **kwargs):
         calls.append(queries.detach().clone())
-        return original(queries, cache, *args, **kwargs)
+        return attend(queries, cache, *args, **kwargs)
 
-    model.encoder.attend = recording
-    try:
+    with wrap_encoder(model.encoder, attend=recording):
         yield calls
-    finally:
-        del model.encoder.attend   # the instance attribute shadowed the method
 
 
 @torch.no_grad()

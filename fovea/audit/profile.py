@@ -35,15 +35,16 @@ IMBALANCE = 0.10          # a rank this much slower than the fastest (median ste
 @contextlib.contextmanager
 def instrument(model: torch.nn.Module, timer: PhaseTimer) -> Iterator[None]:
     """Time the model's parts inside ``timer("forward")``: encode, the two attends, LLM, head."""
-    encoder, calls = model.encoder, {"attend": 0}
-    encode, attend = encoder.encode, encoder.attend
+    from fovea.core.instrument import wrap_encoder
 
-    def timed_encode(frames):
+    calls = {"attend": 0}
+
+    def timed_encode(encode, frames):
         calls["attend"] = 0                      # a new forward: the next attend is pass 1
         with timer("encode"):
             return encode(frames)
 
-    def timed_attend(queries, cache, *args, **kwargs):
+    def timed_attend(attend, queries, cache, *args, **kwargs):
         calls["attend"] += 1
         with timer(f"attend_pass{min(calls['attend'], 2)}"):
             return attend(queries, cache, *args, **kwargs)
@@ -52,11 +53,10 @@ def instrument(model: torch.nn.Module, timer: PhaseTimer) -> Iterator[None]:
     for name, module in (("llm", model.llm), ("head", model.head)):
         handles.append(module.register_forward_pre_hook(lambda mod, args, _n=name: timer.start(_n)))
         handles.append(module.register_forward_hook(lambda mod, args, out, _n=name: timer.stop(_n)))
-    encoder.encode, encoder.attend = timed_encode, timed_attend
     try:
-        yield
+        with wrap_encoder(model.encoder, encode=timed_encode, attend=timed_attend):
+            yield
     finally:
-        del encoder.encode, encoder.attend       # the instance attributes shadowed the methods
         for handle in handles:
             handle.remove()
 

@@ -241,6 +241,20 @@ class RunDir:
         """``eval.json`` (``eval-train.json``) as `fovea eval` wrote it; ``None`` if it never ran."""
         return self.read_json(self.eval_file(split))
 
+    def current_eval(self, modes: Iterable[str]) -> dict[str, Any] | None:
+        """``eval.json`` when it is of the newest checkpoint and holds every mode in ``modes``, else ``None``
+        (never evaluated, evaluated at an older checkpoint, or with fewer modes)."""
+        current = self.read_eval()
+        if current is None or not self.checkpoints():
+            return None
+        fresh = current.get("step") == checkpoint_step(self.latest_checkpoint)
+        return current if fresh and set(modes) <= set(current.get("modes", {})) else None
+
+    def holds_out_clips(self) -> bool:
+        """Whether the run recorded a held-out split with at least one clip (``split.json``)."""
+        split = self.read_json(self.split_file)
+        return bool(split and split.get("num_val"))
+
     def append_metrics(self, record: dict[str, Any]) -> None:
         with self.metrics_file.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")

@@ -65,7 +65,7 @@ def reading_pass2(attribute: str):
     """A planted bug: ``PassStates`` whose ``attribute`` is read from the newest pass of the forward, so the
     coarse terms score pass 2's states (both passes are built before any objective scores them). Patch it in
     as ``fovea.core.model.PassStates``."""
-    from fovea.core.objectives import PassStates
+    from fovea.core.contracts import PassStates
 
     made = []
 

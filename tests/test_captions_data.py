@@ -163,7 +163,7 @@ def test_check_clip_takes_a_str_or_none_caption(tiny_config):
     frames = torch.zeros(tiny_config.data.num_frames, 3, 64, 64, dtype=torch.uint8)
     assert check_clip(Clip(frames, "x", caption="a cat"), tiny_config).caption == "a cat"
     assert check_clip(Clip(frames, "x"), tiny_config).caption is None
-    with pytest.raises(PluginError, match="loader 'synthetic' returned a caption of type bytes"):
+    with pytest.raises(PluginError, match="clip source 'synthetic' returned a caption of type bytes"):
         check_clip(Clip(frames, "x", caption=b"a cat"), tiny_config)
 
 

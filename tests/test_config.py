@@ -93,7 +93,7 @@ def test_show_output_loads_back_to_the_same_config(tmp_path):
     ('[model.encoder]\nname = "nope"\n', "model.encoder.name: unknown encoder 'nope'; registered encoders: "),
     ('[model.encoder]\nsise = "tiny"\n', "model.encoder.sise: unknown option of encoder 'deep'; did you mean 'size'?"),
     ('[model.encoder]\nsize = "huge"\n', "model.encoder.size: Value error, not a dinov3 size: choose one of tiny, vits16"),
-    ('[data]\nnum_clipz = 3\n', "data.num_clipz: unknown option of loader 'synthetic'; did you mean 'num_clips'?"),
+    ('[data]\nnum_clipz = 3\n', "data.num_clipz: unknown option of clip source 'synthetic'; did you mean 'num_clips'?"),
     ('[data]\nmin_radius = 0.3\nmax_radius = 0.1\n', "min_radius (0.3) must not exceed max_radius (0.1)"),
     ('[precision]\ndtype = "float16"\n', "precision.dtype: Input should be 'float32' or 'bfloat16'"),
 ])

@@ -1,4 +1,4 @@
-"""Contract tests over every registered encoder, head and loader, at tiny sizes (timm's habit)."""
+"""Contract tests over every registered encoder, head and clip source, at tiny sizes (timm's habit)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from fovea.core.plugins import get_parts
 
 ENCODERS = sorted(get_parts("encoder"))
 HEADS = sorted(get_parts("head"))
-LOADERS = sorted(get_parts("loader"))
+SOURCES = sorted(get_parts("source"))
 
 
 def tiny_options(cls, **extra):
@@ -82,8 +82,8 @@ def test_film_head_has_the_spec_shape():
 
 
 @pytest.fixture(scope="module")
-def loader_options(tmp_path_factory):
-    """Options that give each built-in loader something to read; third-party loaders get their defaults."""
+def source_options(tmp_path_factory):
+    """Options that give each built-in clip source something to read; third-party sources get their defaults."""
     from tests.helpers import write_video
 
     videos = tmp_path_factory.mktemp("videos")
@@ -91,12 +91,12 @@ def loader_options(tmp_path_factory):
     return {"videos": {"path": str(videos)}}
 
 
-@pytest.mark.parametrize("name", LOADERS)
-def test_loader_contract(name, loader_options):
+@pytest.mark.parametrize("name", SOURCES)
+def test_source_contract(name, source_options):
     from fovea.core.data import Clip
 
-    cls = get_parts("loader")[name].cls
-    options = cls.Config(**loader_options.get(name, {}))
+    cls = get_parts("source")[name].cls
+    options = cls.Config(**source_options.get(name, {}))
     source = cls(options, num_frames=4, frame_size=32, seed=1)
     assert len(source) > 0
     clip = source[0]

@@ -29,7 +29,7 @@ def fresh_registry():
 
 def test_builtins_register_through_the_hooks():
     found = {(p.kind, p.name): p for p in plugins.all_parts()}
-    for key in [("encoder", "posthoc"), ("head", "film"), ("loader", "synthetic")]:
+    for key in [("encoder", "posthoc"), ("head", "film"), ("source", "synthetic")]:
         assert found[key].source == "built-in"
         assert found[key].description
     assert plugins.get_plugin_manager() is plugins.get_plugin_manager()   # idempotent
@@ -104,12 +104,67 @@ def test_duplicate_name_names_both_sources():
 def test_part_without_config_is_rejected():
     class NoConfig:
         @fovea.hookimpl
-        def fovea_register_loaders(self, register):
+        def fovea_register_sources(self, register):
             register("bare", object)
 
     plugins.register_plugin(NoConfig(), name="no-config")
-    with pytest.raises(PluginError, match="needs a nested pydantic `Config`"):
-        plugins.get_parts("loader")
+    with pytest.raises(PluginError, match="clip source 'bare' from no-config: object needs a nested pydantic `Config`"):
+        plugins.get_parts("source")
+
+
+class OldStyle:
+    """A plugin written before the kind was called ``source``: it registers through ``fovea_register_loaders``."""
+
+    class Frames:
+        """Old-style clip source for tests."""
+
+        class Config(BaseModel):
+            clips: int = 2
+
+        def __init__(self, config, *, num_frames, frame_size, seed):
+            self.config, self.shape = config, (num_frames, 3, frame_size, frame_size)
+
+        def __len__(self):
+            return self.config.clips
+
+        def __getitem__(self, index):
+            import torch
+
+            from fovea.core.data import Clip
+
+            return Clip(torch.full(self.shape, index, dtype=torch.uint8), f"old-style clip {index}",
+                        list(range(self.shape[0])))
+
+    @fovea.hookimpl
+    def fovea_register_loaders(self, register):
+        register("old_style", self.Frames)
+
+
+def test_a_plugin_on_the_older_loaders_hook_still_registers_a_clip_source(tmp_path):
+    from fovea.core.config import load_config
+    from fovea.core.data import build_source, check_clip
+
+    plugin = OldStyle()
+    plugins.register_plugin(plugin, name="old-plugin")
+    try:
+        part = plugins.get_part("source", "old_style")
+        assert part.cls is OldStyle.Frames and part.kind == "source" and part.source == "old-plugin"
+        assert plugins.get_parts("loader") is plugins.get_parts("source")            # the older kind name
+        assert ("source", "old_style") in {(p.kind, p.name) for p in plugins.all_parts()}
+        config = load_config(None, ["data.name=old_style", "data.clips=3", "data.num_frames=2",
+                                          "data.frame_size=16"])
+        source = build_source(config)
+        clip = check_clip(source[2], config)                                   # the clip source contract holds
+        assert len(source) == 3 and clip.frames.shape == (2, 3, 16, 16) and int(clip.frames.max()) == 2
+    finally:
+        plugins.unregister_plugin(plugin)
+    with pytest.raises(PluginError, match="unknown clip source 'old_style'; registered clip sources: .*synthetic"):
+        plugins.get_part("loader", "old_style")
+
+
+def test_an_unknown_part_kind_is_one_error_naming_the_kinds():
+    with pytest.raises(PluginError, match="unknown part kind 'loaders'; the kinds are encoder, head, source"):
+        plugins.get_parts("loaders")
 
 
 def fake_entry_points(*points):

@@ -4,23 +4,21 @@ Precedence, written once: ``--set`` overrides > the TOML file > the defaults bel
 A plugin's table (``[data]``, ``[model.encoder]``, ``[model.head]``) holds the plugin ``name`` and
 that plugin's options side by side; the options are validated against the plugin's own nested
 ``Config`` model (torchtitan-style sections, llm-style plugin options). Unknown keys are errors.
+
+Here: the schema and ``load_config``; beside it, reading the TOML file and ``--set`` overrides
+(``config_input``) and how a mistake is worded (``config_errors``), neither of which knows the schema.
 """
 
 from __future__ import annotations
 
-import difflib
-import sys
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from fovea.core.config_errors import format_validation_error, unknown_key_message
+from fovea.core.config_input import apply_override, parse_override, read_toml  # noqa: F401 (callers import them here)
 from fovea.core.errors import ConfigError, FoveaError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 
 class Section(BaseModel):
@@ -75,7 +73,7 @@ class RunConfig(Section):
 
 class DataConfig(PluginTable):
     name: str = "synthetic"
-    """Clip source (a registered loader): ``synthetic``, or a plugin's."""
+    """Clip source (a registered source): ``synthetic``, ``videos``, or a plugin's."""
     num_frames: int = Field(8, ge=2)
     """Frames per clip, T (SPEC: 8, sampled uniformly over the clip)."""
     frame_size: int = Field(256, ge=16)
@@ -320,7 +318,7 @@ class FoveaConfig(Section):
 
     def plugin_tables(self) -> Iterator[tuple[str, str, PluginTable]]:
         """``(dotted path, part kind, table)`` for every table that names a plugin part."""
-        yield "data", "loader", self.data
+        yield "data", "source", self.data
         yield "model.encoder", "encoder", self.model.encoder
         yield "model.head", "head", self.model.head
         for name, table in self.objectives.items():
@@ -355,41 +353,6 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     return validate_config(data, source=str(path) if path is not None else "defaults")
 
 
-def read_toml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        hint = " (it is a directory)" if path.is_dir() else ""
-        raise ConfigError(f"config file not found: {path}{hint}. Pass a TOML file, e.g. configs/quickstart.toml.")
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
-
-
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """``"training.batch_size=4"`` -> ``(["training", "batch_size"], 4)``; values parse as TOML, else str."""
-    key, sep, raw = item.partition("=")
-    keys = [k.strip() for k in key.split(".")]
-    if not sep or not all(keys):
-        raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. --set training.batch_size=4")
-    try:
-        value = tomllib.loads(f"v = {raw.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw.strip()  # a bare word such as vits16 is a string
-    return keys, value
-
-
-def apply_override(data: dict[str, Any], item: str) -> None:
-    keys, value = parse_override(item)
-    table = data
-    for depth, key in enumerate(keys[:-1]):
-        table = table.setdefault(key, {})
-        if not isinstance(table, dict):
-            raise ConfigError(f"--set {item!r}: {'.'.join(keys[:depth + 1])} is a value, not a table")
-    table[keys[-1]] = value
-
-
 def validate_config(data: dict[str, Any], source: str = "config") -> FoveaConfig:
     """Validate a raw dict (file + overrides) into a ``FoveaConfig`` with resolved plugin options."""
     try:
@@ -402,7 +365,7 @@ def validate_config(data: dict[str, Any], source: str = "config") -> FoveaConfig
 
 def resolve_plugins(config: FoveaConfig, source: str = "config") -> None:
     """Check each plugin table's name and options against the registered part's ``Config``."""
-    from fovea.core.plugins import get_part
+    from fovea.core.plugins import get_part, label
 
     for path, kind, table in config.plugin_tables():
         try:
@@ -415,8 +378,8 @@ def resolve_plugins(config: FoveaConfig, source: str = "config") -> None:
         unknown = [key for key in options if key not in config_cls.model_fields]
         try:
             if unknown:
-                raise ConfigError(_unknown_key_message(f"{path}.{unknown[0]}", unknown[0], config_cls,
-                                                       f"option of {kind} '{table.name}'"))
+                raise ConfigError(unknown_key_message(f"{path}.{unknown[0]}", unknown[0], config_cls,
+                                                      f"option of {label(kind)} '{table.name}'"))
             validated = config_cls.model_validate(options)
         except ValidationError as exc:
             raise ConfigError(format_validation_error(exc, config_cls, source, prefix=path)) from None
@@ -424,38 +387,6 @@ def resolve_plugins(config: FoveaConfig, source: str = "config") -> None:
             raise ConfigError(f"{source}: {exc}") from None
         table.__pydantic_extra__ = validated.model_dump(mode="json")
         table._options = validated
-
-
-def format_validation_error(exc: ValidationError, model: type[BaseModel], source: str, prefix: str = "") -> str:
-    """One line per problem: the dotted key, what is wrong, the nearest valid name for typos."""
-    lines = []
-    for err in exc.errors():
-        loc = [str(p) for p in err["loc"]]
-        dotted = ".".join(([prefix] if prefix else []) + loc)
-        if err["type"] == "extra_forbidden":
-            parent = _model_at(model, loc[:-1])
-            lines.append(_unknown_key_message(dotted, loc[-1], parent))
-        else:
-            got = err.get("input")
-            shown = "" if isinstance(got, dict) else f" (got {got!r})"
-            lines.append(f"{dotted}: {err['msg']}{shown}")
-    return "\n".join(f"{source}: {line}" for line in lines)
-
-
-def _unknown_key_message(dotted: str, key: str, model: type[BaseModel] | None, what: str = "key") -> str:
-    known = list(model.model_fields) if model is not None else []
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
-    hint = f"; did you mean '{close[0]}'?" if close else (f"; valid keys: {', '.join(known)}" if known else "")
-    return f"{dotted}: unknown {what}{hint}"
-
-
-def _model_at(model: type[BaseModel], loc: list[str]) -> type[BaseModel] | None:
-    for key in loc:
-        field = model.model_fields.get(key)
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
-            return None
-        model = field.annotation
-    return model
 
 
 def config_to_toml(config: FoveaConfig) -> str:

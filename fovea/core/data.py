@@ -1,4 +1,4 @@
-"""Clips: what a clip source (a ``loader`` plugin) returns, and how fovea builds one from the config.
+"""Clips: what a clip source (a ``source`` plugin) returns, and how fovea builds one from the config.
 
 A source is a map-style collection: ``len(source)`` clips, ``source[i]`` a ``Clip`` of ``num_frames``
 uint8 frames ``(T, 3, S, S)`` with where it came from and, optionally, a caption (text describing it,
@@ -40,7 +40,7 @@ def build_source(config: FoveaConfig):
     """The clip source named by ``[data] name``, built with its options and the clip shape."""
     from fovea.core.plugins import get_part
 
-    part = get_part("loader", config.data.name)
+    part = get_part("source", config.data.name)
     source = part.cls(config.data.options, num_frames=config.data.num_frames,
                       frame_size=config.data.frame_size, seed=config.run.seed)
     if len(source) == 0:
@@ -49,17 +49,17 @@ def build_source(config: FoveaConfig):
 
 
 def check_clip(clip: Clip, config: FoveaConfig) -> Clip:
-    """``clip`` if it keeps the loader contract, else a ``PluginError`` naming the loader."""
+    """``clip`` if it keeps the clip source contract, else a ``PluginError`` naming the source."""
     T, S = config.data.num_frames, config.data.frame_size
     frames = getattr(clip, "frames", None)
     if not isinstance(frames, torch.Tensor) or frames.dtype != torch.uint8 or tuple(frames.shape) != (T, 3, S, S):
         got = f"{tuple(frames.shape)} {frames.dtype}" if isinstance(frames, torch.Tensor) else type(clip).__name__
-        raise PluginError(f"loader '{config.data.name}' returned {got}; the loader contract is a fovea Clip "
+        raise PluginError(f"clip source '{config.data.name}' returned {got}; the clip source contract is a fovea Clip "
                           f"with uint8 frames of shape {(T, 3, S, S)}")
     caption = getattr(clip, "caption", None)
     if caption is not None and not isinstance(caption, str):
-        raise PluginError(f"loader '{config.data.name}' returned a caption of type {type(caption).__name__}; the "
-                          f"loader contract is a str or None")
+        raise PluginError(f"clip source '{config.data.name}' returned a caption of type {type(caption).__name__}; "
+                          f"the clip source contract is a str or None")
     return clip
 
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from fovea.core.config import FoveaConfig
 from fovea.core.errors import ConfigError, FoveaError, PluginError
-from fovea.core.objectives import Objective, PassStates, Term
+from fovea.core.contracts import Objective, PassStates, Term
 from fovea.core.text import TextCodec
 
 

@@ -6,6 +6,15 @@ load: a comma-separated list of entry-point names, empty for none (like llm's ``
 ``FOVEA_LOAD_PLUGINS`` is accepted as an older name). An entry-point plugin that fails to import is
 reported on stderr and skipped; the rest of fovea works. Loading is idempotent; ``reset_plugins()``
 forgets everything (tests).
+
+Part kinds: ``encoder``, ``head``, ``source`` (a clip source: what ``[data] name`` names), ``objective``
+and ``tracker``. Every part is checked against its kind's contract (``fovea.core.contracts``) when it
+registers. Older names still work: the hook ``fovea_register_loaders`` registers clip sources, as
+``fovea_register_sources`` does, and the kind ``"loader"`` is read as ``"source"`` (``get_parts``,
+``get_part``). "Loader" alone now means the batch loader (``fovea.core.loader``).
+
+This module sits above ``fovea.core.contracts`` and ``fovea.core.hookspecs`` and imports nothing else of
+fovea's but its errors; the builders (``fovea.core.data``, ``objectives``, ``trackers``) sit above it.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from typing import Any
 import pluggy
 
 from fovea.core import hookspecs
+from fovea.core.contracts import CONTRACTS
 from fovea.core.errors import PluginError
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
@@ -43,17 +53,34 @@ LOAD_PLUGINS_ENV_ALIASES = ("FOVEA_LOAD_PLUGINS",)   # accepted, not documented
 HOOKS: dict[str, str] = {
     "encoder": "fovea_register_encoders",
     "head": "fovea_register_heads",
-    "loader": "fovea_register_loaders",
+    "source": "fovea_register_sources",
     "objective": "fovea_register_objectives",
     "tracker": "fovea_register_trackers",
 }
+# older hook -> the kind its parts register as (plugins written before the rename keep working)
+HOOK_ALIASES: dict[str, str] = {"fovea_register_loaders": "source"}
+# older kind name -> the kind (what a caller may still pass to get_parts / get_part)
+KIND_ALIASES: dict[str, str] = {"loader": "source"}
+# kind -> how messages name it
+KIND_LABELS: dict[str, str] = {"source": "clip source"}
 
 
-def contracts() -> dict[str, type]:
-    """kind -> the ``typing.Protocol`` a part of that kind must keep (``fovea.core.contracts``)."""
-    from fovea.core.contracts import CONTRACTS
+def kind_of(name: str) -> str:
+    """The part kind ``name`` means: itself, or the kind an older name stands for (``"loader"`` -> ``"source"``)."""
+    kind = KIND_ALIASES.get(name, name)
+    if kind not in HOOKS:
+        raise PluginError(f"unknown part kind '{name}'; the kinds are {', '.join(HOOKS)}")
+    return kind
 
-    return CONTRACTS
+
+def hooks_of(kind: str) -> list[str]:
+    """The hooks whose parts register as ``kind``: its own, then any older name of it."""
+    return [HOOKS[kind], *(hook for hook, aliased in HOOK_ALIASES.items() if aliased == kind)]
+
+
+def label(kind: str) -> str:
+    """How messages name a kind: ``"clip source"`` for ``source``, else the kind itself."""
+    return KIND_LABELS.get(kind, kind)
 
 
 def missing_members(cls: type, protocol: type) -> list[str]:
@@ -71,7 +98,7 @@ class Part:
     kind: str
     name: str
     cls: type
-    source: str  # "built-in" or "<distribution> <version>" or the plugin's name
+    source: str  # where it comes from (``fovea plugins``' SOURCE): "built-in", "<distribution> <version>" or the plugin's name
     description: str
 
     def as_dict(self) -> dict[str, str]:
@@ -81,7 +108,7 @@ class Part:
 
 _manager: pluggy.PluginManager | None = None
 _parts: dict[str, dict[str, Part]] | None = None
-_sources: dict[int, str] = {}  # id(entry-point plugin) -> "<distribution> <version>"
+_origins: dict[int, str] = {}  # id(entry-point plugin) -> "<distribution> <version>"
 _failed: dict[str, str] = {}   # entry-point name -> why it could not be loaded
 
 
@@ -123,7 +150,7 @@ def _load_entry_points(manager: pluggy.PluginManager) -> None:
                   f"Fix or uninstall it, or leave it out with {LOAD_PLUGINS_ENV}=<names to load>.", file=sys.stderr)
             continue
         manager.register(plugin, name=ep.name)
-        _sources[id(plugin)] = dist
+        _origins[id(plugin)] = dist
 
 
 
@@ -131,43 +158,44 @@ def _collect_parts(manager: pluggy.PluginManager) -> dict[str, dict[str, Part]]:
     from pydantic import BaseModel
 
     parts: dict[str, dict[str, Part]] = {kind: {} for kind in HOOKS}
-    for kind, hook_name in HOOKS.items():
+    for kind, hook_name in [(kind, hook) for kind in HOOKS for hook in hooks_of(kind)]:
         # Call each implementation on its own so every part knows which plugin registered it.
         for impl in getattr(manager.hook, hook_name).get_hookimpls():
-            source = _sources.get(id(impl.plugin), "built-in" if impl.plugin_name in DEFAULT_PLUGINS
+            origin = _origins.get(id(impl.plugin), "built-in" if impl.plugin_name in DEFAULT_PLUGINS
                                   else impl.plugin_name)
 
-            def register(name: str, cls: type, *, _kind=kind, _source=source) -> None:
+            def register(name: str, cls: type, *, _kind=kind, _origin=origin) -> None:
+                what = label(_kind)
                 if not isinstance(name, str) or not name:
-                    raise PluginError(f"{_source}: a {_kind} must be registered under a non-empty name")
+                    raise PluginError(f"{_origin}: a {what} must be registered under a non-empty name")
                 if name in parts[_kind]:
                     other = parts[_kind][name].source
                     raise PluginError(
-                        f"{_kind} '{name}' is registered twice (by {other} and by {_source}); "
+                        f"{what} '{name}' is registered twice (by {other} and by {_origin}); "
                         f"rename one, or leave one plugin out with {LOAD_PLUGINS_ENV}."
                     )
                 config_cls = getattr(cls, "Config", None)
                 if not (isinstance(config_cls, type) and issubclass(config_cls, BaseModel)):
                     raise PluginError(
-                        f"{_kind} '{name}' from {_source}: {cls.__qualname__} needs a nested pydantic "
+                        f"{what} '{name}' from {_origin}: {cls.__qualname__} needs a nested pydantic "
                         f"`Config` model holding its options (see README, 'Writing a plugin')."
                     )
-                protocol = contracts().get(_kind)
+                protocol = CONTRACTS.get(_kind)
                 missing = missing_members(cls, protocol) if protocol is not None else []
                 if missing:
-                    raise PluginError(f"{_kind} '{name}' from {_source}: {cls.__qualname__} lacks "
-                                      f"{', '.join(missing)} of the {_kind} contract "
+                    raise PluginError(f"{what} '{name}' from {_origin}: {cls.__qualname__} lacks "
+                                      f"{', '.join(missing)} of the {what} contract "
                                       f"({protocol.__module__}.{protocol.__qualname__})")
                 doc = (cls.__doc__ or "").strip().splitlines()
-                parts[_kind][name] = Part(_kind, name, cls, _source, doc[0] if doc else "")
+                parts[_kind][name] = Part(_kind, name, cls, _origin, doc[0] if doc else "")
 
             try:
                 impl.function(**{arg: register for arg in impl.argnames})
             except PluginError:
                 raise
             except Exception as exc:  # a plugin's own bug: report it and go on without the rest of its parts
-                print(f"warning: plugin '{source}' failed in {hook_name}: {type(exc).__name__}: {exc}; its other "
-                      f"{kind}s are skipped. Fix or uninstall it, or leave it out with {LOAD_PLUGINS_ENV}.",
+                print(f"warning: plugin '{origin}' failed in {hook_name}: {type(exc).__name__}: {exc}; its other "
+                      f"{label(kind)}s are skipped. Fix or uninstall it, or leave it out with {LOAD_PLUGINS_ENV}.",
                       file=sys.stderr)
     return parts
 
@@ -179,19 +207,19 @@ def failed_plugins() -> dict[str, str]:
 
 
 def get_parts(kind: str) -> dict[str, Part]:
-    """All registered parts of one kind ("encoder", "head", "loader", "objective" or "tracker"), by name."""
+    """All registered parts of one kind ("encoder", "head", "source", "objective" or "tracker"), by name."""
     global _parts
     if _parts is None:
         _parts = _collect_parts(get_plugin_manager())
-    return _parts[kind]
+    return _parts[kind_of(kind)]
 
 
 def get_part(kind: str, name: str) -> Part:
     """The part registered as ``name``; an unknown name is an error listing the known ones."""
-    parts = get_parts(kind)
+    parts, what = get_parts(kind), label(kind_of(kind))
     if name not in parts:
         known = ", ".join(sorted(parts)) or "none"
-        raise PluginError(f"unknown {kind} '{name}'; registered {kind}s: {known}. "
+        raise PluginError(f"unknown {what} '{name}'; registered {what}s: {known}. "
                           f"`fovea plugins` lists every part and where it comes from.")
     return parts[name]
 
@@ -219,5 +247,5 @@ def reset_plugins() -> None:
     """Forget the manager and every registration; the next lookup loads plugins afresh."""
     global _manager, _parts
     _manager, _parts = None, None
-    _sources.clear()
+    _origins.clear()
     _failed.clear()

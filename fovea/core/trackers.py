@@ -1,4 +1,4 @@
-"""Experiment trackers: the contract a part of kind ``tracker`` keeps, and a run's trackers as one.
+"""Experiment trackers: starting the ones a config names, and a run's trackers as one.
 
 ``[run] trackers = ["tensorboard", "wandb", "mlflow"]`` copies what a run records to those services: the
 resolved config (flattened to dotted keys), every ``metrics.jsonl`` row as it is appended (training rows as
@@ -17,64 +17,24 @@ docstring, and the README's "Tracking").
 **Failures.** Only rank 0 logs. A tracker that cannot start (its package missing, bad credentials, no
 network) is a ``FoveaError`` before training starts, and nothing is written; one that fails during the run
 is one warning, and training goes on without it (``metrics.jsonl`` stays complete).
+
+The contract a ``tracker`` part keeps (``Tracker``) and what it is told (``Session``) live in
+``fovea.core.contracts``; they are importable from here too, as plugins written before that move import them.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any
 
+from fovea.core.contracts import Session, Tracker
 from fovea.core.errors import FoveaError
+from fovea.core.plugins import get_part
 
-
-@dataclass(frozen=True)
-class Session:
-    """What a tracker is told when it starts."""
-
-    run_path: Path                  # the run directory
-    files: Path                     # where the tracker keeps local files: ``RunDir.tracker_dir(name)``
-    run_name: str                   # the run directory's name: the tracker run's display name
-    params: dict[str, Any]          # the resolved config, flattened (``flat_params``)
-    record: dict[str, Any] | None   # what this tracker's ``start`` returned for this run before (its id), or None
-    resume_step: int | None = None  # training continues after this checkpoint step; rows after it come again
-    purpose: str = "train"          # "train", or "report": ``fovea audit``/``fovea viz`` adding to the run
-
-
-@runtime_checkable
-class Tracker(Protocol):
-    """The contract of a ``tracker`` part, built as ``cls(config)`` with its ``[trackers.NAME]`` options.
-
-    Every method may raise: at ``start`` it stops the run before training (one ``error:`` line), later it
-    turns the tracker off with one warning.
-    """
-
-    Config: ClassVar[type]
-
-    @classmethod
-    def require(cls, config) -> None:
-        """Raise ``FoveaError`` saying what to install when the tracker's library is missing (cheap: no network)."""
-
-    def start(self, session: Session) -> dict[str, Any]:
-        """Open the tracker's run, or continue ``session.record``'s; returns the record to keep (JSON)."""
-
-    def log_metrics(self, row: dict[str, Any]) -> None:
-        """One ``metrics.jsonl`` row: ``step``, ``split`` (absent: ``"train"``) and numbers (or None).
-
-        A resumed run first hands over again the rows ``metrics.jsonl`` kept (up to its checkpoint), then the new
-        ones: log only rows at steps the tracker's run does not hold yet (a killed process may have lost what its
-        tracker had not flushed; a resumed one may get rows it already has)."""
-
-    def log_summary(self, values: dict[str, Any], step: int) -> None:
-        """Final values (numbers or strings) under dotted keys (``summary/…``, ``audit/…``); ``step``: the run's last."""
-
-    def log_images(self, images: dict[str, Path], step: int) -> None:
-        """PNG files by name (``viz/losses``), made after training; ``step``: the run's last."""
-
-    def finish(self, status: str) -> None:
-        """Close the tracker's run: ``status`` is ``finished``, ``interrupted`` or ``failed``."""
+__all__ = ["RunTrackers", "Session", "Tracker", "flat_params", "flat_values", "numbers", "report_to_trackers",
+           "require_trackers", "start_trackers"]
 
 
 def flat_params(config) -> dict[str, Any]:
@@ -113,8 +73,6 @@ def numbers(row: dict[str, Any]) -> dict[str, float]:
 
 def require_trackers(config) -> None:
     """Every tracker of ``config`` can be imported: else a ``FoveaError`` saying what to install (before any work)."""
-    from fovea.core.plugins import get_part
-
     for name in config.run.active_trackers:
         get_part("tracker", name).cls.require(config.trackers[name].options)
 
@@ -159,8 +117,6 @@ def start_trackers(config, run, resume_step: int | None = None, purpose: str = "
     A tracker that cannot start is a ``FoveaError`` naming it (those already started are closed first).
     Call on rank 0 only.
     """
-    from fovea.core.plugins import get_part
-
     names = config.run.active_trackers
     if not names:
         return RunTrackers()

@@ -1,1 +1,1 @@
-"""Built-in clip sources (the ``loader`` part kind)."""
+"""Built-in clip sources (the ``source`` part kind)."""

@@ -260,5 +260,5 @@ def _grid_clip(c: SyntheticShapes.Config, T: int, S: int, g: torch.Generator) ->
 
 
 @hookimpl
-def fovea_register_loaders(register):
+def fovea_register_sources(register):
     register("synthetic", SyntheticShapes)

@@ -439,5 +439,5 @@ def to_square(frame, size: int) -> torch.Tensor:
 
 
 @hookimpl
-def fovea_register_loaders(register):
+def fovea_register_sources(register):
     register("videos", VideoFolder)

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fovea.core.errors import FoveaError
 from fovea.core.hookspecs import hookimpl
-from fovea.core.objectives import PassStates, Term
+from fovea.core.contracts import PassStates, Term
 from fovea.core.text import IGNORE
 
 

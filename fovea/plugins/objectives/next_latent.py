@@ -10,7 +10,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from fovea.core.hookspecs import hookimpl
-from fovea.core.objectives import PassStates, Term
+from fovea.core.contracts import PassStates, Term
 
 
 class NextLatent:

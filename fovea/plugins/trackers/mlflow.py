@@ -25,7 +25,8 @@ from pydantic import BaseModel, ConfigDict
 
 from fovea.core.errors import FoveaError
 from fovea.core.hookspecs import hookimpl
-from fovea.core.trackers import Session, numbers
+from fovea.core.contracts import Session
+from fovea.core.trackers import numbers
 
 STATUSES = {"finished": "FINISHED", "interrupted": "KILLED", "failed": "FAILED"}
 PARAMS_PER_CALL = 100     # MLflow's limit on params in one log_batch

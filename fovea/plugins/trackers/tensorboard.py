@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict
 
 from fovea.core.errors import FoveaError
 from fovea.core.hookspecs import hookimpl
-from fovea.core.trackers import Session, numbers
+from fovea.core.contracts import Session
+from fovea.core.trackers import numbers
 
 
 class TensorBoardTracker:

@@ -30,7 +30,8 @@ from pydantic import BaseModel, ConfigDict
 
 from fovea.core.errors import FoveaError
 from fovea.core.hookspecs import hookimpl
-from fovea.core.trackers import Session, numbers
+from fovea.core.contracts import Session
+from fovea.core.trackers import numbers
 
 EXIT_CODES = {"finished": 0, "interrupted": 1, "failed": 1}
 

@@ -153,7 +153,7 @@ def write_index(root: Path, clips: int, shard_size: int = 256) -> int:
     """A manifest of ``clips`` clips (source, 8 frame indices, a caption each) and sparse shard files: bytes."""
     import hashlib
 
-    from fovea.core.cache import CACHE_VERSION, _checked_json, shard_file
+    from fovea.core.cache import CACHE_VERSION, checked_json, shard_file
 
     root.mkdir(parents=True)
     shards = []
@@ -171,7 +171,7 @@ def write_index(root: Path, clips: int, shard_size: int = 256) -> int:
     manifest = {"version": CACHE_VERSION, "num_clips": clips, "vae": "stabilityai/sd-vae-ft-mse", "vae_files": None,
                 "format": {"codec": "jpeg", "jpeg_quality": 90, "latent_dtype": "float16"},
                 "shards": shards, "skipped": []}
-    data = _checked_json(manifest)
+    data = checked_json(manifest)
     (root / "manifest.json").write_bytes(data)
     return len(data)
 

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 import fovea
 from fovea.cli import app
-from fovea.core import cache as cache_module
+import fovea.core.cache.build as cache_build
 from fovea.core.cache import build_cache, cache_path, shard_file
 from fovea.core.loader import build_loader, shutdown
 from tests.helpers import QUICKSTART, tiny_overrides, write_audio_only, write_video
@@ -92,7 +92,7 @@ def test_an_existing_cache_is_reused_without_decoding(tmp_path, video_dir, monke
 
 def test_interrupted_precompute_resumes_and_never_keeps_a_half_shard(tmp_path, video_dir, monkeypatch):
     config = video_config(tmp_path, video_dir)
-    write_shard = cache_module._write_shard
+    write_shard = cache_build._write_shard
     calls = []
 
     def crash_on_third_shard(root, shard, *args):
@@ -102,7 +102,7 @@ def test_interrupted_precompute_resumes_and_never_keeps_a_half_shard(tmp_path, v
             raise KeyboardInterrupt
         write_shard(root, shard, *args)
 
-    monkeypatch.setattr(cache_module, "_write_shard", crash_on_third_shard)
+    monkeypatch.setattr(cache_build, "_write_shard", crash_on_third_shard)
     with pytest.raises(KeyboardInterrupt):
         build_cache(config, progress=False)
     root = cache_path(config)
@@ -111,7 +111,7 @@ def test_interrupted_precompute_resumes_and_never_keeps_a_half_shard(tmp_path, v
     done = {s: shard_file(root, s).stat().st_mtime_ns for s in (0, 1)}
 
     calls.clear()
-    monkeypatch.setattr(cache_module, "_write_shard", lambda root, shard, *args: (calls.append(shard),
+    monkeypatch.setattr(cache_build, "_write_shard", lambda root, shard, *args: (calls.append(shard),
                                                                                    write_shard(root, shard, *args)))
     cache = build_cache(config, progress=False)
     assert calls == [2, 3]                                        # only the missing shards are written

@@ -23,6 +23,8 @@ from typer.testing import CliRunner
 
 import fovea
 from fovea.cli import app
+import fovea.core.cache.build as cache_build
+import fovea.core.cache.layout as cache_layout
 from fovea.core import cache as cache_module
 from fovea.core.cache import (ClipCache, DamagedCache, build_cache, cache_path, inspect_cache, record_file,
                               shard_file, verify_cache)
@@ -148,7 +150,7 @@ def test_without_verification_a_damaged_header_is_still_one_clear_error(config):
 
 def test_each_shard_is_hashed_once_by_the_first_read_that_needs_it(config, monkeypatch):
     hashed = []
-    monkeypatch.setattr(cache_module, "sha256_file", lambda path: (hashed.append(path.name), sha256_file(path))[1])
+    monkeypatch.setattr(cache_layout, "sha256_file", lambda path: (hashed.append(path.name), sha256_file(path))[1])
     cache = ClipCache(root_of(config))
     assert hashed == []                                            # opening hashes nothing: seconds for any size
     loader = build_loader(cache, config, torch.device("cpu"))
@@ -175,8 +177,8 @@ def test_a_shard_cut_short_or_deleted_is_found_at_opening_and_made_again_alone(c
         ClipCache(root)
 
     written = []
-    write_shard = cache_module._write_shard
-    monkeypatch.setattr(cache_module, "_write_shard", lambda root, shard, *args: (written.append(shard),
+    write_shard = cache_build._write_shard
+    monkeypatch.setattr(cache_build, "_write_shard", lambda root, shard, *args: (written.append(shard),
                                                                                    write_shard(root, shard, *args)))
     cache = build_cache(config, progress=False)
     assert written == [shard]
@@ -200,7 +202,7 @@ def test_a_deleted_or_damaged_manifest_is_made_again_from_the_records_without_de
     if damage != "deleted":
         with pytest.raises(DamagedCache, match="manifest.json is damaged"):
             ClipCache(root)
-    monkeypatch.setattr(cache_module, "_write_shard", lambda *args: pytest.fail("a shard was decoded again"))
+    monkeypatch.setattr(cache_build, "_write_shard", lambda *args: pytest.fail("a shard was decoded again"))
     build_cache(config, progress=False)
     rebuilt, before = json.loads(manifest_file.read_bytes()), json.loads(original)
     for changed in ("vae", "checksum"):          # the VAE's absolute path: this copy's, not the pristine cache's
@@ -229,8 +231,8 @@ def test_verify_lists_the_damage_and_repair_makes_only_that_again(config, monkey
     assert "fovea precompute --repair" in verified.output
 
     written = []
-    write_shard = cache_module._write_shard
-    monkeypatch.setattr(cache_module, "_write_shard", lambda root, shard, *a: (written.append(shard),
+    write_shard = cache_build._write_shard
+    monkeypatch.setattr(cache_build, "_write_shard", lambda root, shard, *a: (written.append(shard),
                                                                                 write_shard(root, shard, *a)))
     repaired = runner.invoke(app, args + ["--repair"])
     assert repaired.exit_code == 0, repaired.output
@@ -242,14 +244,14 @@ def test_verify_lists_the_damage_and_repair_makes_only_that_again(config, monkey
 def test_two_writers_at_once_decode_each_shard_once(tmp_path, monkeypatch, capsys):
     config = fovea.load_config(QUICKSTART, cache_overrides(tmp_path))
     written = []
-    write_shard = cache_module._write_shard
+    write_shard = cache_build._write_shard
 
     def slow_write(root, shard, *args):
         written.append(shard)
         time.sleep(0.2)                        # the second writer arrives while the first holds the cache
         write_shard(root, shard, *args)
 
-    monkeypatch.setattr(cache_module, "_write_shard", slow_write)
+    monkeypatch.setattr(cache_build, "_write_shard", slow_write)
     results = []
     threads = [threading.Thread(target=lambda: results.append(build_cache(config, progress=False)))
                for _ in range(2)]

@@ -1,4 +1,5 @@
-"""Durable file writes shared by the clip cache and checkpoints: fsync, and write-then-rename."""
+"""Files shared by the clip cache, checkpoints and clip sources: durable writes (fsync, write-then-rename),
+SHA-256 of a file, and telling a URL from a local path."""
 
 from __future__ import annotations
 
@@ -38,3 +39,9 @@ def sha256_file(path: Path) -> str:
 
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def is_url(location: str) -> bool:
+    """True for ``scheme://…`` (http, https, s3, gs, …), False for a local path."""
+    scheme, sep, _ = str(location).partition("://")
+    return bool(sep) and scheme.isalnum() and len(scheme) > 1

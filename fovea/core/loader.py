@@ -1,4 +1,6 @@
-"""The training loader: batches streamed from the clip cache by ``torchdata.nodes``.
+"""The batch loader: training batches streamed from the clip cache by ``torchdata.nodes``.
+
+The clips in the cache come from a clip source (a ``source`` plugin, ``fovea.core.data``), never from here.
 
 indices (a seeded shuffle per epoch, endless) -> batches of indices -> parallel reads from the cache
 (threads; shard reads are memory-mapped slices; JPEG frames are decoded here, on the GPU with nvJPEG
@@ -128,7 +130,7 @@ class ShardOrder(BaseNode[int]):
 
 def shuffle_mode(config: FoveaConfig) -> str:
     """``data.shuffle`` resolved: ``auto`` is ``shards`` for a cache under a URL, else ``clips``."""
-    from fovea.core.stream import is_url
+    from fovea.core.files import is_url
 
     if config.data.shuffle != "auto":
         return config.data.shuffle

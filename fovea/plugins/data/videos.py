@@ -165,7 +165,7 @@ def read_entry(entry: ManifestEntry, num_frames: int, frame_size: int,
 @contextlib.contextmanager
 def _local_copy(video: str) -> Iterator[Path]:
     """A local path of ``video``: itself, or a temp copy of a URL (through fsspec), removed afterwards."""
-    from fovea.core.stream import is_url
+    from fovea.core.files import is_url
 
     if not is_url(video):
         yield Path(video)
@@ -212,7 +212,7 @@ def _indices(available: int, num_frames: int, short_clips: str, source: str) -> 
 def read_manifest(manifest: Path) -> list[ManifestEntry]:
     """The clips a ``.csv`` / ``.jsonl`` manifest lists, in its order; a ``FoveaError`` naming the file and
     line of the first malformed row, or when it is missing or lists no clip."""
-    from fovea.core.stream import is_url
+    from fovea.core.files import is_url
 
     if manifest.suffix not in (".csv", ".jsonl"):
         raise FoveaError(f"data.manifest = '{manifest}' is neither a .csv nor a .jsonl file; {MANIFEST_FIX}")

@@ -31,19 +31,16 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
 
+from fovea.core.cache.layout import MANIFEST, DamagedCache, cache_name, shard_file
+from fovea.core.cache.reader import ClipCache
 from fovea.core.errors import FoveaError
+from fovea.core.files import sha256_file
 
 MAX_BACKOFF_S = 30.0
 
 
 class StreamError(FoveaError):
     """A file of a cache under a URL could not be downloaded (after retries) or never matched its SHA-256."""
-
-
-def is_url(location: str) -> bool:
-    """True for ``scheme://…`` (http, https, s3, gs, …), False for a local path."""
-    scheme, sep, _ = str(location).partition("://")
-    return bool(sep) and scheme.isalnum() and len(scheme) > 1
 
 
 class ShardStore:
@@ -86,9 +83,6 @@ class ShardStore:
     def open(self, shard: int, record: dict[str, Any], opener: Callable[[Path], Any]) -> tuple[int, Any]:
         """``opener(path)`` of the shard ``record`` describes, downloaded and verified first if needed:
         (its generation, what ``opener`` returned). Over budget, the least recently read other shards go."""
-        from fovea.core.cache import shard_file
-        from fovea.core.files import sha256_file
-
         with self._lock:
             lock = self._locks.setdefault(shard, threading.Lock())
         with lock:
@@ -109,8 +103,6 @@ class ShardStore:
 
     def _evict(self, keep: int) -> None:
         """Delete the least recently read shards (not ``keep``, not one being downloaded) until under budget."""
-        from fovea.core.cache import shard_file
-
         total = sum(self._present.values())
         for victim in list(self._present):
             if total <= self.budget:
@@ -133,8 +125,6 @@ class ShardStore:
         """``<url>/<name>`` -> ``dest`` through a temp file (checked against ``record``'s size and SHA-256
         when given), retried with back-off; ``StreamError`` when every try failed."""
         import fsspec
-
-        from fovea.core.files import sha256_file
 
         url = f"{self.url}/{name}"
         tmp = dest.with_name(f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
@@ -197,7 +187,6 @@ def open_remote_cache(config):
     """The ``ClipCache`` of ``config`` under the URL ``data.cache_dir``: its manifest downloaded now, its shards
     on demand into this process's own directory under ``data.stream_cache_dir``."""
     from fovea.core import distributed
-    from fovea.core.cache import MANIFEST, ClipCache, DamagedCache, cache_name
 
     data, name = config.data, cache_name(config)
     url = f"{data.cache_dir.rstrip('/')}/{name}"

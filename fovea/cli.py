@@ -263,7 +263,7 @@ def config_validate(config: Path = ConfigArgument, overrides: List[str] = SetOpt
 @app.command("plugins")
 @user_errors
 def plugins_command(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
-    """List every registered encoder, head, loader (clip source), objective and tracker with its source and description."""
+    """List every registered encoder, head, clip source (kind source), objective and tracker: where it comes from and what it is."""
     from fovea.core.plugins import all_parts
 
     parts = [part.as_dict() for part in all_parts()]

@@ -1,6 +1,6 @@
 """The batch loader: training batches streamed from the clip cache by ``torchdata.nodes``.
 
-The clips in the cache come from a clip source (a ``source`` plugin, ``fovea.core.data``), never from here.
+The clips in the cache come from a clip source (a ``source`` plugin, ``fovea.core.data``); this module batches them.
 
 indices (a seeded shuffle per epoch, endless) -> batches of indices -> parallel reads from the cache
 (threads; shard reads are memory-mapped slices; JPEG frames are decoded here, on the GPU with nvJPEG

@@ -18,7 +18,7 @@ def main(run_path: str) -> None:
     import fovea
     from fovea.core.checkpoint import read_checkpoint, restore_training, save_checkpoint
     from fovea.core.rundir import RunDir
-    from fovea.core.train import prepare_training
+    from fovea.core.state import prepare_training
 
     torch.set_num_threads(1)   # no thread pool to inherit across fork
     run = RunDir.open(run_path)

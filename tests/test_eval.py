@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 import fovea
 from fovea.cli import app
 from fovea.core.evaluation import (BASELINES, MODES, bootstrap_draws, clip_losses, mean_ci, mean_latent,
-                                   summarize)
+                                   summarize_objective)
 from fovea.core.rundir import RunDir
 from fovea.core.split import ClipSet, clip_key, split_cache
 from fovea.core.train import train
@@ -148,7 +148,7 @@ def test_baselines_equal_hand_computed_values():
     assert losses["copy_previous"].mean(0).tolist() == pytest.approx([2.0, 1.0, 1.0])   # per frame position
 
     fine = torch.tensor([[0.5, 0.5, 0.5], [0.5, 0.5, 0.5]])
-    result = summarize({**losses, "fine": fine, "coarse": 2 * fine})
+    result = summarize_objective({**losses, "fine": fine, "coarse": 2 * fine})
     assert result["best_baseline"] == "copy_previous"
     assert result["baselines"]["copy_previous"]["loss"] == pytest.approx(4 / 3)
     assert result["skill"] == pytest.approx(1 - 0.5 / (4 / 3))

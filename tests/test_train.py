@@ -6,12 +6,14 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import fovea
 from fovea.core.data import build_source
 from fovea.core.errors import FoveaError
 from fovea.core.rundir import RunDir
-from fovea.core.train import lr_factor, train
+from fovea.core.optimizer import lr_factor
+from fovea.core.train import train
 from tests.helpers import QUICKSTART, ROOT, tiny_overrides
 
 GOLDEN = ROOT / "tests" / "assets" / "golden_quickstart_losses.json"
@@ -59,9 +61,25 @@ def test_checkpoint_holds_the_trained_weights(tmp_path):
     assert not torch.equal(fresh.q_static, before)   # trained, not the initial values
 
 
-def test_bfloat16_autocast_trains_on_cpu(tmp_path):
-    run = train(fovea.load_config(QUICKSTART, tiny_overrides(tmp_path, **{"precision.dtype": '"bfloat16"'})))
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_training_steps_run_under_the_configured_autocast(tmp_path, dtype):
+    """precision.dtype = "bfloat16" runs every training forward's matmuls in bfloat16 (CPU autocast), float32
+    in float32; probed on the real forward of the real loop, the weights staying float32."""
+    matmul_dtypes = set()
+
+    def probe(module, inputs, output):   # training forwards only: the held-out evaluation runs in eval mode
+        if isinstance(module, torch.nn.Linear) and module.training and torch.is_grad_enabled():
+            matmul_dtypes.add(output.dtype)
+
+    hook = torch.nn.modules.module.register_module_forward_hook(probe)
+    try:
+        run = train(fovea.load_config(QUICKSTART, tiny_overrides(tmp_path, **{"precision.dtype": f'"{dtype}"'})))
+    finally:
+        hook.remove()
+    assert matmul_dtypes == {getattr(torch, dtype)}
     assert all(torch.isfinite(torch.tensor(m["loss"])) for m in run.read_metrics())
+    weights = load_file(run.checkpoint_file)
+    assert weights and all(w.dtype == torch.float32 for w in weights.values())
 
 
 def test_latest_follows_the_newest_run_and_never_clobbers_a_directory(tmp_path):
@@ -87,7 +105,9 @@ def test_schedule_warms_up_then_decays():
 
 def test_nonfinite_loss_or_gradient_is_caught_before_the_weights_change(tiny_config, tiny_batch):
     from fovea.core.timing import PhaseTimer
-    from fovea.core.train import NonFiniteStep, prepare_training, train_step
+    from fovea.core.nonfinite import NonFiniteStep
+    from fovea.core.state import prepare_training
+    from fovea.core.step import train_step
 
     model = fovea.build_model(tiny_config).train()
     state = prepare_training(tiny_config, model, torch.device("cpu"))
@@ -126,8 +146,6 @@ def test_nonfinite_loss_or_gradient_is_caught_before_the_weights_change(tiny_con
 
 @pytest.mark.parametrize("policy", ["stop", "skip"])
 def test_nonfinite_step_stops_the_run_with_a_diagnosis_or_is_skipped(tmp_path, monkeypatch, policy):
-    from safetensors.torch import load_file
-
     from fovea.core.cache import ClipCache
     from fovea.core.checkpoint import read_checkpoint
 

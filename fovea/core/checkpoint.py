@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +27,11 @@ import torch
 from fovea.core.config import FoveaConfig
 from fovea.core.errors import FoveaError
 from fovea.core.files import fsync_path, write_synced
+from fovea.core.rng import capture_rng
 from fovea.core.rundir import CHECKPOINT_INFO, MODEL, SHARDED, RunDir, checkpoint_name
 
 if TYPE_CHECKING:
-    from fovea.core.train import TrainState
+    from fovea.core.state import TrainState
 
 FORMAT = 2        # 2: per-rank RNG states, sharded/ for FSDP runs; format 1 checkpoints are read as well
 TRAINING_STATE = "training_state.pt"
@@ -44,44 +44,6 @@ def fixed_settings(config: FoveaConfig) -> dict[str, int]:
 
     return {"training.batch_size": config.training.batch_size, "training.grad_accum": config.training.grad_accum,
             "world_size": distributed.current().world_size}
-
-
-def capture_rng() -> dict[str, Any]:
-    """The state of every random generator training reads: python, numpy, torch CPU and each CUDA device."""
-    import numpy as np
-
-    numpy_state = np.random.get_state(legacy=False)
-    return {"python": random.getstate(),
-            "numpy": {"key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
-                      "pos": int(numpy_state["state"]["pos"]), "has_gauss": int(numpy_state["has_gauss"]),
-                      "gauss": float(numpy_state["gauss"])},
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def restore_rng(states: list[dict[str, Any]]) -> None:
-    """Put every generator of this rank back where ``capture_rng`` found it (CUDA devices that exist now).
-
-    ``states`` holds one entry per rank of the saved run; a rank it lacks (the run resumes on more
-    processes) keeps the generators it was seeded with.
-    """
-    import numpy as np
-
-    from fovea.core import distributed
-
-    rank = distributed.current().rank
-    if rank >= len(states):
-        return
-    state = states[rank]
-    random.setstate(state["python"])
-    numpy_state = state["numpy"]
-    np.random.set_state({"bit_generator": "MT19937",
-                         "state": {"key": numpy_state["key"].numpy().astype(np.uint32), "pos": numpy_state["pos"]},
-                         "has_gauss": numpy_state["has_gauss"], "gauss": numpy_state["gauss"]})
-    torch.set_rng_state(state["torch"])
-    if torch.cuda.is_available():
-        for device, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(cuda_state, device)
 
 
 def save_checkpoint(run: RunDir, step: int, state: "TrainState", loader_state: dict, progress: dict[str, Any],
@@ -257,7 +219,7 @@ def check_settings(checkpoint: Checkpoint, config: FoveaConfig, force: bool) -> 
 
 
 def restore_training(checkpoint: Checkpoint, state: "TrainState") -> None:
-    """Load the checkpoint's weights, optimizer and scheduler into ``state`` (RNG: ``restore_rng``).
+    """Load the checkpoint's weights, optimizer and scheduler into ``state`` (RNG: ``fovea.core.rng.restore_rng``).
 
     A ``sharded/`` checkpoint is resharded by DCP into whatever layout the model has now (FSDP2 on any
     number of processes, DDP, or one process); a ``model.safetensors`` one is spread over FSDP2's shards.

@@ -1,12 +1,12 @@
-"""The training loop: AdamW with warm-up and cosine decay, gradient accumulation and clipping, autocast.
+"""The training loop and its entry point ``train(config)``: a run directory, checkpoints, resume.
 
-One optimizer step (``train_step``, shared with ``fovea profile``) = ``grad_accum`` micro-batches of
-``batch_size`` clips. A step whose loss or gradient is NaN/inf never reaches the optimizer: the run
-stops with a diagnosis or skips the step (``training.on_nonfinite``). Losses are logged as means over
-each logging interval. Checkpoints (``fovea.core.checkpoint``) hold everything the loop needs, so
-``train(config, resume=run)`` continues a run in its own directory with exactly the per-step losses
-it would have had without the interruption. SIGINT/SIGTERM finish the current step, save a
-checkpoint and raise ``RunInterrupted``.
+The parts it runs live beside it: the optimizer and schedule (``fovea.core.optimizer``), what a step
+touches (``fovea.core.state``), one optimizer step (``fovea.core.step``: ``grad_accum`` micro-batches,
+autocast, clipping), NaN/inf steps (``fovea.core.nonfinite``: stop or skip, ``nonfinite.jsonl``) and
+stop requests (``fovea.core.signals``). Losses are logged as means over each logging interval.
+Checkpoints (``fovea.core.checkpoint``) hold everything the loop needs, so ``train(config, resume=run)``
+continues a run in its own directory with exactly the per-step losses it would have had without the
+interruption. SIGINT/SIGTERM finish the current step, save a checkpoint and raise ``RunInterrupted``.
 
 Under torchrun (``fovea.core.distributed``) every process runs this loop on its slice of each global
 batch; losses are averaged over ranks before they are checked and logged, every rank stops at the same
@@ -19,186 +19,32 @@ import contextlib
 import functools
 import math
 import random
-import signal
-import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import torch
 
-from fovea.core.attention import STAT_KEYS, attention_stats
+from fovea.core.attention import STAT_KEYS
 from fovea.core.config import FoveaConfig, config_to_toml
-from fovea.core.devices import DTYPES, resolve_device
+from fovea.core.devices import resolve_device
 from fovea.core.errors import FoveaError
+from fovea.core.nonfinite import NonFiniteStep, nonfinite_message, report_nonfinite
 from fovea.core.rundir import RunDir
+from fovea.core.signals import RunInterrupted, StopRequest, stop_on_signals
+from fovea.core.state import TrainState, prepare_training
+from fovea.core.step import train_step   # looked up here at every step: tests replace it
 from fovea.core.timing import PhaseTimer
-
-NONFINITE_FILE = "nonfinite.jsonl"
 
 
 def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (every device) alike: a run starts from ``run.seed`` (+ its rank)."""
     import numpy as np
 
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def lr_factor(step: int, config: FoveaConfig) -> float:
-    """Multiplier of the peak lr at optimizer step ``step`` (0-based): linear warm-up, then the schedule."""
-    t = config.training
-    if step < t.warmup_steps:
-        return (step + 1) / t.warmup_steps
-    if t.schedule == "constant":
-        return 1.0
-    progress = (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps)
-    return t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def build_optimizer(model: torch.nn.Module, config: FoveaConfig) -> torch.optim.AdamW:
-    """AdamW over trainable parameters; matrices decay, biases and norm gains do not (nanoGPT's rule)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": config.training.weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    from torch.distributed.tensor import DTensor
-
-    first = next(model.parameters())
-    fused = first.is_cuda and not isinstance(first, DTensor)   # FSDP2's shards take the foreach kernels
-    return torch.optim.AdamW(groups, lr=config.training.lr, betas=(0.9, 0.999), fused=fused or None)
-
-
-class RunInterrupted(Exception):
-    """SIGINT/SIGTERM stopped the run after a step; its checkpoint is saved and the run can be resumed."""
-
-    def __init__(self, run: RunDir, step: int, signal_number: int, checkpoint: Path, world_size: int = 1):
-        self.run, self.step, self.signal_number, self.checkpoint = run, step, signal_number, checkpoint
-        launch = f"torchrun --nproc_per_node={world_size} -m " if world_size > 1 else ""
-        super().__init__(f"stopped by {signal.Signals(signal_number).name} after step {step}; checkpoint "
-                         f"{checkpoint}. Continue with `{launch}fovea run --resume {run.path}`")
-
-
-class NonFiniteStep(FoveaError):
-    """A step's loss or gradient norm is NaN/inf; raised before the optimizer touches the weights."""
-
-    def __init__(self, losses: torch.Tensor, grad_norm: torch.Tensor, clips: list[list[int]], parameters: list[str],
-                 names: tuple[str, ...] = ("loss", "loss_fine", "loss_coarse")):
-        self.losses = losses.tolist()              # per micro-batch: one value per name (``loss_names``)
-        self.names = names
-        self.grad_norm = grad_norm.item()
-        self.clips = clips                         # per micro-batch: cache indices of its clips
-        self.parameters = parameters               # trainable parameters whose gradient is not finite
-        bad = sorted({names[i] for row in self.losses for i, value in enumerate(row) if not math.isfinite(value)},
-                     key=names.index)
-        self.which = bad or ["gradient"]
-        super().__init__(f"non-finite {', '.join(self.which)} (grad norm {self.grad_norm}); the weights were "
-                         f"not updated")
-
-
-@dataclass
-class TrainState:
-    """Everything one optimizer step touches; made once by ``prepare_training``."""
-
-    config: FoveaConfig
-    model: torch.nn.Module               # what the step calls: the model, its DDP wrapper, or FSDP2-sharded
-    module: torch.nn.Module              # the model itself (DDP's ``.module``): parts, names, summaries
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    trainable: list[torch.nn.Parameter]
-    device: torch.device
-    dtype: torch.dtype
-
-    @property
-    def loss_names(self) -> tuple[str, ...]:
-        """The losses a step returns, in order: the total, both passes, then each objective's coarse and fine."""
-        return loss_names(self.module)
-
-
-def loss_names(model: torch.nn.Module) -> tuple[str, ...]:
-    """``loss, loss_fine, loss_coarse`` then ``<objective>_coarse, <objective>_fine`` per objective."""
-    return ("loss", "loss_fine", "loss_coarse") + tuple(
-        f"{name}_{mode}" for name in model.objectives for mode in ("coarse", "fine"))
-
-
-def step_losses(out, model: torch.nn.Module) -> torch.Tensor:
-    """A forward's losses in ``loss_names`` order, (3 + 2 x objectives,) float32, detached."""
-    terms = [out.terms[name][mode].mean for name in model.objectives for mode in ("coarse", "fine")]
-    return torch.stack([out.loss, out.loss_fine, out.loss_coarse, *terms]).detach().float()
-
-
-def prepare_training(config: FoveaConfig, model: torch.nn.Module, device: torch.device) -> TrainState:
-    """Compile ``model``'s parts (``training.compile``), spread it over the torchrun processes
-    (``distributed.strategy``), then its optimizer and schedule."""
-    from fovea.core.distributed import parallelize
-
-    if config.training.compile:
-        from fovea.core.compile import compile_model
-
-        compile_model(model, config)
-    wrapped = parallelize(model, config.distributed.strategy, device)
-    optimizer = build_optimizer(wrapped, config)     # FSDP2: over the shards it made
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
-    return TrainState(config, wrapped, model, optimizer, scheduler,
-                      [p for p in wrapped.parameters() if p.requires_grad], device, DTYPES[config.precision.dtype])
-
-
-def train_step(state: TrainState, batches: Iterator[dict], timer: PhaseTimer,
-               attention: bool = False) -> tuple[torch.Tensor, ...]:
-    """One optimizer step over ``grad_accum`` micro-batches, its phases timed by ``timer``.
-
-    Returns the losses of ``loss_names`` averaged over the micro-batches, (K,), and the gradient norm
-    before clipping: both on the device. ``attention=True`` (logging steps) also returns the attention
-    statistics ``fovea.core.attention.STAT_KEYS`` (4,), means over the step's clips and frames, read from
-    the forwards the step runs anyway (no extra forward, no random numbers drawn, so resume stays exact).
-    If a loss or the gradient is not finite, raises ``NonFiniteStep`` before clipping and the optimizer
-    (gradients cleared, weights, optimizer and schedule untouched); checking costs one device sync per step.
-    Under torchrun gradients are reduced once, in the last micro-batch's backward, and the returned
-    losses and statistics are means over all ranks (one all-reduce), so every rank decides alike.
-    """
-    from fovea.core import distributed
-
-    t = state.config.training
-    micro_losses, micro_stats, clips = [], [], []
-    for micro_step in range(t.grad_accum):
-        with timer("data"):
-            batch = next(batches)
-            frames = batch["frames"].to(state.device, non_blocking=True)    # (B, T, 3, S, S) uint8
-            latents = batch["latents"].to(state.device, non_blocking=True)  # (B, T, C, h, w)
-            targets = {k: v.to(state.device, non_blocking=True) for k, v in state.module.prepare(batch).items()}
-        with distributed.gradient_sync(state.model, enabled=micro_step == t.grad_accum - 1):
-            with timer("forward"), torch.autocast(state.device.type, dtype=state.dtype,
-                                                  enabled=state.dtype != torch.float32):
-                out = state.model(frames, latents, targets, return_attention=attention)
-            with timer("backward"):
-                (out.loss / t.grad_accum).backward()
-        micro_losses.append(step_losses(out, state.module))                # (K,)
-        if attention:
-            micro_stats.append(attention_stats(out.attention_static.detach(), out.attention_dynamic.detach()))
-        clips.append(batch["index"].tolist() if "index" in batch else [])
-    K = len(micro_losses[0])
-    with timer("optimizer"):
-        # (grad_accum * K [+ 4],): every micro-batch's losses, the step's attention statistics; over ranks
-        reduced = distributed.mean_over_ranks(torch.cat(
-            [torch.stack(micro_losses).flatten()] + ([torch.stack(micro_stats).mean(0)] if attention else [])))
-        micro_losses = reduced[:K * t.grad_accum].view(t.grad_accum, K)
-        grads = [p.grad for p in state.trainable if p.grad is not None]
-        grad_norm = distributed.full_tensor(torch.nn.utils.get_total_norm(grads))
-        checked = torch.cat([micro_losses.flatten(), grad_norm[None]])              # (grad_accum * K + 1,)
-        if not bool(torch.isfinite(checked).all()):                                  # the one sync
-            bad = [name for name, p in state.module.named_parameters()
-                   if p.grad is not None and not bool(torch.isfinite(distributed.full_tensor(p.grad)).all())]
-            state.optimizer.zero_grad(set_to_none=True)
-            every_rank = distributed.gather(clips)                                   # [rank][micro-batch]
-            clips = [[i for rank in every_rank for i in rank[m]] for m in range(t.grad_accum)]
-            raise NonFiniteStep(micro_losses.cpu(), grad_norm.float().cpu(), clips, bad, state.loss_names)
-        torch.nn.utils.clip_grads_with_norm_(state.trainable, t.grad_clip if t.grad_clip > 0 else math.inf, grad_norm)
-        state.optimizer.step()
-        state.scheduler.step()
-        state.optimizer.zero_grad(set_to_none=True)
-    losses = micro_losses.mean(0)                                                    # (K,)
-    return (losses, grad_norm.detach()) + ((reduced[K * t.grad_accum:],) if attention else ())
 
 
 @dataclass
@@ -224,36 +70,6 @@ class Progress:
         return cls(**{**state, "sums": sums})
 
 
-@dataclass
-class StopRequest:
-    """Set by SIGINT/SIGTERM: the loop finishes its step, saves a checkpoint and stops."""
-
-    signal_number: int | None = None
-
-
-@contextlib.contextmanager
-def stop_on_signals() -> Iterator[StopRequest]:
-    """Turn SIGINT/SIGTERM into a ``StopRequest`` for the block; a second SIGINT stops at once."""
-    request = StopRequest()
-    if threading.current_thread() is not threading.main_thread():   # signals reach only the main thread
-        yield request
-        return
-
-    def handle(signal_number: int, frame) -> None:
-        if request.signal_number == signal.SIGINT and signal_number == signal.SIGINT:
-            raise KeyboardInterrupt
-        request.signal_number = signal_number
-        print(f"\n{signal.Signals(signal_number).name}: stopping after this step and saving a checkpoint "
-              f"(Ctrl-C again stops at once, losing the steps since the last checkpoint)", file=sys.stderr)
-
-    previous = {number: signal.signal(number, handle) for number in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield request
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-
-
 def train(config: FoveaConfig, resume: RunDir | None = None, force: bool = False) -> RunDir:
     """Train the model ``config`` describes; returns the run directory it wrote.
 
@@ -265,10 +81,11 @@ def train(config: FoveaConfig, resume: RunDir | None = None, force: bool = False
     """
     from fovea.core import distributed
     from fovea.core.cache import build_cache
-    from fovea.core.checkpoint import check_settings, read_checkpoint, restore_rng, restore_training
-    from fovea.core.evaluation import Evaluator
+    from fovea.core.checkpoint import check_settings, read_checkpoint, restore_training
+    from fovea.core.evaluation.evaluator import Evaluator
     from fovea.core.loader import build_loader, sample_position, shutdown
     from fovea.core.model import build_model
+    from fovea.core.rng import restore_rng
     from fovea.core.split import build_split
     from fovea.core.trackers import RunTrackers, require_trackers
 
@@ -342,7 +159,7 @@ def train(config: FoveaConfig, resume: RunDir | None = None, force: bool = False
             def finish_run() -> None:
                 from fovea.core.trackers import flat_values
 
-                summary = summarize(config, model, len(split.train), run.read_metrics(), progress.elapsed_s,
+                summary = summarize_run(config, model, len(split.train), run.read_metrics(), progress.elapsed_s,
                                     progress.skipped, world.world_size, run.read_metrics("val"))
                 run.write_json("summary.json", summary)
                 trackers.log_summary(flat_values(summary, "summary/"), config.training.max_steps)
@@ -502,43 +319,6 @@ def optimize(state: TrainState, loader, run: RunDir, progress: Progress,
     progress.elapsed_s = elapsed()
 
 
-def nonfinite_message(exc: NonFiniteStep, step: int, run: RunDir) -> str:
-    checkpoints = run.checkpoints()
-    kept = f"the last checkpoint, {checkpoints[-1].name}, is intact" if checkpoints else "no checkpoint was saved yet"
-    return (f"step {step}: {exc}. The diagnosis (losses, the batch's source clips, parameters with NaN/inf "
-            f"gradients) is in {run.path / NONFINITE_FILE}; {kept}. Lower training.lr or check those clips, "
-            f"or skip such steps: `fovea run --resume {run.path} --set training.on_nonfinite=skip`")
-
-
-def report_nonfinite(exc: NonFiniteStep, step: int, run: RunDir, clip_info: Callable[[], list[dict]] | None,
-                     action: str) -> None:
-    """Append the diagnosis of a NaN/inf step to ``nonfinite.jsonl``: the losses, the batch's source clips."""
-    import json
-
-    info = clip_info() if clip_info is not None else []
-    names = exc.names
-    checkpoints = run.checkpoints()
-    record = {
-        "step": step,
-        "action": action,
-        "nonfinite": exc.which,
-        "grad_norm": _json_number(exc.grad_norm),
-        "micro_batches": [{"losses": {name: _json_number(value) for name, value in zip(names, losses)},
-                           "clips": [{"index": i, **(info[i] if 0 <= i < len(info) else {})} for i in clips]}
-                          for losses, clips in zip(exc.losses, exc.clips)],
-        "parameters_with_nonfinite_grad": len(exc.parameters),
-        "first_parameters_with_nonfinite_grad": exc.parameters[:20],   # in model order: where it starts
-        "last_checkpoint": checkpoints[-1].name if checkpoints else None,
-    }
-    with (run.path / NONFINITE_FILE).open("a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def _json_number(value: float) -> float | str:
-    """A float as strict JSON allows: NaN and infinities as strings."""
-    return value if math.isfinite(value) else str(value)
-
-
 def _objective_summary(row: dict, name: str, weight: float) -> dict[str, Any]:
     """One objective's last logged training losses and their improvement."""
     coarse, fine = row.get(f"{name}_coarse"), row.get(f"{name}_fine")
@@ -546,8 +326,8 @@ def _objective_summary(row: dict, name: str, weight: float) -> dict[str, Any]:
             "improvement": (coarse - fine) / coarse if coarse and fine is not None else None}
 
 
-def summarize(config: FoveaConfig, model: torch.nn.Module, num_clips: int, metrics: list[dict], wall: float,
-              skipped: int = 0, world_size: int = 1, held_out: list[dict] | None = None) -> dict:
+def summarize_run(config: FoveaConfig, model: torch.nn.Module, num_clips: int, metrics: list[dict], wall: float,
+                  skipped: int = 0, world_size: int = 1, held_out: list[dict] | None = None) -> dict:
     """What ``summary.json`` holds: outcome, losses first and last, the spec's improvement, batch, sizes,
     and the last held-out evaluation (``val``; ``num_clips`` counts the training clips)."""
     first, last = (metrics[0], metrics[-1]) if metrics else (None, None)

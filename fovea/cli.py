@@ -34,6 +34,11 @@ SetOption = typer.Option(
 ConfigArgument = typer.Argument(..., help="A TOML config, e.g. configs/quickstart.toml.", show_default=False)
 
 
+def optional_config(help: str) -> typer.models.ArgumentInfo:
+    """A CONFIG argument that may be left out (the command says what it uses instead)."""
+    return typer.Argument(None, help=help, show_default=False)
+
+
 def user_errors(command: Callable) -> Callable:
     """Show a ``FoveaError`` as one line on stderr and exit 2."""
     @functools.wraps(command)
@@ -53,9 +58,8 @@ def user_errors(command: Callable) -> Callable:
 @app.command("run")
 @user_errors
 def run_command(
-    config: Optional[Path] = typer.Argument(None, help="A TOML config, e.g. configs/quickstart.toml (with "
-                                            "--resume: optional, the run's own config.toml is used).",
-                                            show_default=False),
+    config: Optional[Path] = optional_config("A TOML config, e.g. configs/quickstart.toml (with --resume: "
+                                             "optional, the run's own config.toml is used)."),
     overrides: List[str] = SetOption,
     resume: Optional[str] = typer.Option(None, "--resume", metavar="RUN_DIR|latest",
                                          help="Continue this run from its newest checkpoint, in its directory."),
@@ -147,8 +151,7 @@ def precompute_command(
 @app.command("profile")
 @user_errors
 def profile_command(
-    config: Optional[Path] = typer.Argument(None, help="A TOML config; default: the config of runs/latest.",
-                                            show_default=False),
+    config: Optional[Path] = optional_config("A TOML config; default: the config of runs/latest."),
     steps: int = typer.Option(20, "--steps", min=1, help="Measured training steps."),
     warmup: int = typer.Option(3, "--warmup", min=0, help="Steps run first and not measured."),
     overrides: List[str] = SetOption,
@@ -315,8 +318,7 @@ def viz_command(
 @app.command("sweep")
 @user_errors
 def sweep_command(
-    config: Optional[Path] = typer.Argument(None, help="A TOML config, e.g. configs/quickstart.toml.",
-                                            show_default=False),
+    config: Optional[Path] = optional_config("A TOML config, e.g. configs/quickstart.toml."),
     grid: List[str] = typer.Option([], "--grid", metavar="KEY=V1,V2",
                                    help="Values of one config key to sweep, comma-separated, typed like --set "
                                    "values (repeatable: the runs are the cross product)."),

@@ -118,11 +118,12 @@ def test_a_run_killed_and_resumed_is_one_tracker_run_with_every_step_once(tmp_pa
     assert len(client.search_runs([first["mlflow"]["experiment_id"]])) == 1
 
 
-def test_a_missing_tracker_package_is_one_error_line_before_anything_is_written(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "wandb", None)          # import wandb raises ImportError
-    result = runner.invoke(app, ["run", str(QUICKSTART), *set_args(tracked(tmp_path, "wandb"))])
+@pytest.mark.parametrize("name", ["wandb", "mlflow", "tensorboard"])
+def test_a_missing_tracker_package_is_one_error_line_before_anything_is_written(tmp_path, monkeypatch, name):
+    monkeypatch.setitem(sys.modules, name, None)          # import NAME raises ImportError
+    result = runner.invoke(app, ["run", str(QUICKSTART), *set_args(tracked(tmp_path, name))])
     assert result.exit_code == 2
-    assert "error: the wandb tracker needs the wandb package: pip install 'fovea[wandb]'" in result.output
+    assert f"error: the {name} tracker needs the {name} package: pip install 'fovea[{name}]'" in result.output
     assert not (tmp_path / "runs").exists()
 
 

@@ -18,18 +18,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from fovea.core.config import FoveaConfig, config_to_toml, read_toml
 from fovea.core.errors import FoveaError
+from fovea.core.files import LATEST, check_latest, new_stamped_dir, point_latest
 
 CHECKPOINT_INFO = "checkpoint.json"   # written last into a checkpoint directory
 MODEL = "model.safetensors"           # a checkpoint's weights
 SHARDED = "sharded"                   # ... or, for an FSDP2 run, this directory of torch.distributed.checkpoint shards
-LATEST = "latest"                     # <output_dir>/latest: a symlink to the newest run
 DEFAULT_OUTPUT_DIR = "runs"           # run.output_dir's default
 
 
@@ -96,17 +95,8 @@ class RunDir:
     def create(cls, config: FoveaConfig) -> "RunDir":
         """A new run directory holding the resolved config and environment (``latest`` is not moved yet)."""
         root = Path(config.run.output_dir)
-        latest = root / LATEST
-        if latest.exists() and not latest.is_symlink():
-            raise FoveaError(f"{latest} exists and is not a symlink; move it away so fovea can point it at new runs")
-        stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{config.run.name}"
-        path, n = root / stem, 1
-        while path.exists():
-            path, n = root / f"{stem}-{n}", n + 1
-        try:
-            path.mkdir(parents=True)
-        except OSError as exc:
-            raise FoveaError(f"cannot create the run directory {path} ({exc.strerror}); check run.output_dir") from None
+        check_latest(root, "new runs")
+        path = new_stamped_dir(root, config.run.name, "run directory", "run.output_dir")
         run = cls(path)
         run.config_file.write_text(config_to_toml(config), encoding="utf-8")
         run.write_json("env.json", collect_environment())
@@ -114,11 +104,7 @@ class RunDir:
 
     def mark_latest(self) -> None:
         """Point ``<output_dir>/latest`` at this run (atomically: it always names a complete directory)."""
-        latest = self.path.parent / LATEST
-        tmp = self.path.parent / f".latest-{os.getpid()}"
-        tmp.unlink(missing_ok=True)
-        tmp.symlink_to(self.path.name)   # relative: the runs directory can move
-        os.replace(tmp, latest)
+        point_latest(self.path, "new runs")
 
     @classmethod
     def open(cls, path: str | Path) -> "RunDir":

@@ -71,6 +71,17 @@ def numbers(row: dict[str, Any]) -> dict[str, float]:
             if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)}
 
 
+def require_package(name: str, note: str = "") -> None:
+    """A ``FoveaError`` saying how to install ``name`` when the tracker of that name cannot import its package."""
+    import importlib
+
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        raise FoveaError(f"the {name} tracker needs the {name} package: pip install 'fovea[{name}]' (or pip install "
+                         f"{name}), or leave it out of run.trackers{note}") from None
+
+
 def require_trackers(config) -> None:
     """Every tracker of ``config`` can be imported: else a ``FoveaError`` saying what to install (before any work)."""
     for name in config.run.active_trackers:

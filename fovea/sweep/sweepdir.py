@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from fovea.core.errors import FoveaError
+from fovea.core.files import new_stamped_dir, point_latest
 from fovea.core.rundir import RunDir
 from fovea.sweep.plan import SweepPlan
 
@@ -46,15 +47,7 @@ class SweepDir:
     @classmethod
     def create(cls, root: Path, plan: SweepPlan) -> "SweepDir":
         """A new sweep directory holding the config file and the plan as ``sweep.json`` (all runs pending)."""
-        stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{plan.name}"
-        path, n = root / stem, 1
-        while path.exists():
-            path, n = root / f"{stem}-{n}", n + 1
-        try:
-            path.mkdir(parents=True)
-        except OSError as exc:
-            raise FoveaError(f"cannot create the sweep directory {path} ({exc.strerror}); check --sweeps-dir") \
-                from None
+        path = new_stamped_dir(root, plan.name, "sweep directory", "--sweeps-dir")
         sweep = cls(path)
         sweep.config_file.write_bytes(plan.config_bytes)
         sweep.write({
@@ -99,13 +92,7 @@ class SweepDir:
 
     def mark_latest(self) -> None:
         """Point ``<sweeps dir>/latest`` at this sweep (atomically, relative)."""
-        latest = self.path.parent / "latest"
-        if latest.exists() and not latest.is_symlink():
-            raise FoveaError(f"{latest} exists and is not a symlink; move it away so fovea can point it at sweeps")
-        tmp = self.path.parent / f".latest-{os.getpid()}"
-        tmp.unlink(missing_ok=True)
-        tmp.symlink_to(self.path.name)
-        os.replace(tmp, latest)
+        point_latest(self.path, "sweeps")
 
     def run_dirs(self) -> dict[str, RunDir]:
         """The run directory of each run name in ``runs/``: a finished one first, else the one with the

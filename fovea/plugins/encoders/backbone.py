@@ -54,6 +54,10 @@ class ViT:
     sizes: ClassVar[dict[str, dict]]
     """Random-init presets: the backbone's ViT-S and ``tiny``, the debug size."""
     default_size: ClassVar[str]
+    layers_at: ClassVar[str]
+    """Where the transformer blocks are in the model (a submodule path)."""
+    norm_at: ClassVar[str]
+    """Where the final norm is."""
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -114,10 +118,10 @@ class ViT:
 
     @property
     def layers(self) -> nn.ModuleList:
-        raise NotImplementedError
+        return self.model.get_submodule(self.layers_at)
 
     def final_norm(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        return self.model.get_submodule(self.norm_at)(x)
 
     def pixels(self, frames: torch.Tensor) -> torch.Tensor:
         """Frames (N, 3, H, W) in [0, 1] -> the backbone's input: normalised, in its dtype.
@@ -173,13 +177,7 @@ class DINOv3(ViT):
                        num_register_tokens=4, patch_size=16, image_size=224),
     }
     default_size = "vits16"
-
-    @property
-    def layers(self) -> nn.ModuleList:
-        return self.model.model.layer
-
-    def final_norm(self, x):
-        return self.model.norm(x)
+    layers_at, norm_at = "model.layer", "norm"
 
     def embed(self, pixels):
         return self.model.embeddings(pixels), self.model.rope_embeddings(pixels)   # (N, K, D), (P, head_dim) x 2
@@ -214,6 +212,7 @@ class DINOv2(ViT):
                        patch_size=14, image_size=518, layerscale_value=1.0),
     }
     default_size = "vits14"
+    layers_at, norm_at = "encoder.layer", "layernorm"
 
     @classmethod
     def _check_model(cls, model):
@@ -223,13 +222,6 @@ class DINOv2(ViT):
             raise ConfigError(f"model.encoder.backbone = \"dinov2\" needs transformers >= 5.18 (its Dinov2 attention "
                               f"with q_proj/k_proj/v_proj/o_proj); this environment has {transformers.__version__}: "
                               f"pip install -U 'transformers>=5.18'")
-
-    @property
-    def layers(self) -> nn.ModuleList:
-        return self.model.encoder.layer
-
-    def final_norm(self, x):
-        return self.model.layernorm(x)
 
     def embed(self, pixels):
         # the learned position embeddings are added here, interpolated to the frame's patch grid

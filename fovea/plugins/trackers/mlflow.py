@@ -23,10 +23,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from fovea.core.errors import FoveaError
 from fovea.core.hookspecs import hookimpl
 from fovea.core.contracts import Session
-from fovea.core.trackers import numbers
+from fovea.core.trackers import numbers, require_package
 
 STATUSES = {"finished": "FINISHED", "interrupted": "KILLED", "failed": "FAILED"}
 PARAMS_PER_CALL = 100     # MLflow's limit on params in one log_batch
@@ -55,11 +54,7 @@ class MLflowTracker:
 
     @classmethod
     def require(cls, config: Config) -> None:
-        try:
-            import mlflow  # noqa: F401
-        except ImportError:
-            raise FoveaError("the mlflow tracker needs the mlflow package: pip install 'fovea[mlflow]' (or pip install "
-                             "mlflow), or leave it out of run.trackers") from None
+        require_package("mlflow")
 
     def start(self, session: Session) -> dict[str, Any]:
         import mlflow

@@ -11,16 +11,14 @@ logged, so the steps up to the checkpoint are in the earlier files).
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from fovea.core.errors import FoveaError
 from fovea.core.hookspecs import hookimpl
 from fovea.core.contracts import Session
-from fovea.core.trackers import numbers
+from fovea.core.trackers import numbers, require_package
 
 
 class TensorBoardTracker:
@@ -38,9 +36,7 @@ class TensorBoardTracker:
 
     @classmethod
     def require(cls, config: Config) -> None:
-        if importlib.util.find_spec("tensorboard") is None:
-            raise FoveaError("the tensorboard tracker needs the tensorboard package: pip install 'fovea[tensorboard]' "
-                             "(or pip install tensorboard), or leave it out of run.trackers (and run.tensorboard)")
+        require_package("tensorboard", " (and run.tensorboard)")
 
     def start(self, session: Session) -> dict[str, Any]:
         from torch.utils.tensorboard import SummaryWriter

@@ -28,10 +28,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from fovea.core.errors import FoveaError
 from fovea.core.hookspecs import hookimpl
 from fovea.core.contracts import Session
-from fovea.core.trackers import numbers
+from fovea.core.trackers import numbers, require_package
 
 EXIT_CODES = {"finished": 0, "interrupted": 1, "failed": 1}
 
@@ -66,11 +65,7 @@ class WandbTracker:
 
     @classmethod
     def require(cls, config: Config) -> None:
-        try:
-            import wandb  # noqa: F401
-        except ImportError:
-            raise FoveaError("the wandb tracker needs the wandb package: pip install 'fovea[wandb]' (or pip install "
-                             "wandb), or leave it out of run.trackers") from None
+        require_package("wandb")
 
     def start(self, session: Session) -> dict[str, Any]:
         import wandb

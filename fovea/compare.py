@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from fovea.core.errors import FoveaError
+from fovea.core.records import MetricsRow, Summary
 from fovea.core.rundir import RunDir, checkpoint_step
 
 IGNORED = ("run.name", "run.seed", "run.output_dir", "run.progress")   # never part of a setting
@@ -41,8 +42,8 @@ class RunFigures:
     config: dict[str, Any]            # dotted key -> value (lists as tuples)
     seed: int
     evaluation: dict[str, Any] | None  # eval.json, or None
-    summary: dict[str, Any] | None     # summary.json, or None (unfinished)
-    held_out: list[dict[str, Any]]     # metrics.jsonl rows with "split": "val"
+    summary: Summary | None            # summary.json, or None (unfinished)
+    held_out: list[MetricsRow]         # metrics.jsonl rows with "split": "val"
     last_step: int | None              # the last logged training step
     stale_eval: bool = False           # eval.json is of an older checkpoint than the newest
 

@@ -31,6 +31,7 @@ from fovea.core.config import FoveaConfig, config_to_toml
 from fovea.core.devices import resolve_device
 from fovea.core.errors import FoveaError
 from fovea.core.nonfinite import NonFiniteStep, nonfinite_message, report_nonfinite
+from fovea.core.records import MetricsRow, ObjectiveSummary, Summary
 from fovea.core.rundir import RunDir
 from fovea.core.signals import RunInterrupted, StopRequest, stop_on_signals
 from fovea.core.state import TrainState, prepare_training
@@ -282,7 +283,7 @@ def optimize(state: TrainState, loader, run: RunDir, progress: Progress,
                 losses_logged = dict(zip(state.loss_names, means))
                 loss_fine, loss_coarse, gnorm = losses_logged["loss_fine"], losses_logged["loss_coarse"], means[-1]
                 wall = time.perf_counter() - interval_start
-                record = {"step": step, **{k: losses_logged[k] for k in ("loss", "loss_fine", "loss_coarse")},
+                record: MetricsRow = {"step": step, **{k: losses_logged[k] for k in ("loss", "loss_fine", "loss_coarse")},
                           "ratio": loss_coarse / loss_fine if n and loss_fine > 0 else None, "grad_norm": gnorm,
                           "lr": state.scheduler.get_last_lr()[0],
                           "samples_per_s": timed_steps * global_batch / wall,
@@ -319,15 +320,16 @@ def optimize(state: TrainState, loader, run: RunDir, progress: Progress,
     progress.elapsed_s = elapsed()
 
 
-def _objective_summary(row: dict, name: str, weight: float) -> dict[str, Any]:
+def _objective_summary(row: MetricsRow, name: str, weight: float) -> ObjectiveSummary:
     """One objective's last logged training losses and their improvement."""
     coarse, fine = row.get(f"{name}_coarse"), row.get(f"{name}_fine")
     return {"weight": weight, "coarse": coarse, "fine": fine,
             "improvement": (coarse - fine) / coarse if coarse and fine is not None else None}
 
 
-def summarize_run(config: FoveaConfig, model: torch.nn.Module, num_clips: int, metrics: list[dict], wall: float,
-                  skipped: int = 0, world_size: int = 1, held_out: list[dict] | None = None) -> dict:
+def summarize_run(config: FoveaConfig, model: torch.nn.Module, num_clips: int, metrics: list[MetricsRow],
+                  wall: float, skipped: int = 0, world_size: int = 1,
+                  held_out: list[MetricsRow] | None = None) -> Summary:
     """What ``summary.json`` holds: outcome, losses first and last, the spec's improvement, batch, sizes,
     and the last held-out evaluation (``val``; ``num_clips`` counts the training clips)."""
     first, last = (metrics[0], metrics[-1]) if metrics else (None, None)

@@ -12,6 +12,7 @@ import torch
 from fovea.core.evaluation.baselines import Baseline, fit_baselines
 from fovea.core.evaluation.losses import clip_losses
 from fovea.core.evaluation.statistics import primary_objective
+from fovea.core.records import MetricsRow
 from fovea.core.split import ClipSet
 
 
@@ -41,7 +42,7 @@ class Evaluator:
         return cls(split.val.spread(e.max_clips), baselines, {n: t.weight for n, t in config.objectives.items()},
                    config.model.lambda_coarse, e.batch_size, device, dtype)
 
-    def __call__(self, model: torch.nn.Module, step: int) -> dict[str, Any]:
+    def __call__(self, model: torch.nn.Module, step: int) -> MetricsRow:
         """One ``metrics.jsonl`` row (``"split": "val"``); ``model`` is put back in training mode.
 
         ``loss_fine``/``loss_coarse`` are weighted over the objectives as the training rows' are;
@@ -54,7 +55,7 @@ class Evaluator:
                                  self.device, self.dtype)
         finally:
             model.train()
-        row: dict[str, Any] = {"step": step, "split": "val", "clips": len(self.clips)}
+        row: MetricsRow = {"step": step, "split": "val", "clips": len(self.clips)}
         per_objective: dict[str, dict[str, Any]] = {}
         for name, table in losses.items():
             means = {key: float(values.mean(dim=1).double().mean()) for key, values in table.items()}

@@ -8,9 +8,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fovea.audit.checks import apply_level, check_query, check_wiring
+from fovea.audit.checks import apply_level, check_learning, check_loss_composition, check_query, check_wiring
 from fovea.audit.findings import Check
-from fovea.audit.learning import check_learning, check_loss_composition
 from fovea.audit.spec import load_spec
 from fovea.cli import app
 from fovea.core.model import FoveatedVLM
@@ -124,6 +123,47 @@ def test_a_query_collapsed_onto_a_register_is_a_failure(run, monkeypatch):
     check = audit(run.path, check_query)["query.entropy"]
     assert check.status == "fail" and "attention sinks" in check.reason
     assert check.measurements["dynamic"]["mass_prefix"] == pytest.approx(1.0)
+
+
+def forced_attention(shape: str):
+    """``DeepEncoder.attend`` whose attention maps (the real features kept) are replaced: ``"peaked"`` puts the
+    static query's weight on 4 patches and the dynamic query's on 1; ``"uniform"`` spreads both evenly over
+    every patch."""
+    from fovea.core.attention import token_layout
+    from fovea.plugins.encoders.deep import DeepEncoder
+
+    attend = DeepEncoder.attend
+    reads = []
+
+    def forced(self, queries, cache, return_attention=False):
+        out = attend(self, queries, cache, return_attention=return_attention)
+        if not return_attention:
+            return out
+        features, attention = out                                            # (N, D), (N, K')
+        reads.append(1)
+        prefix = self.num_prefix_tokens
+        patches = token_layout(attention.shape[-1], prefix)[0]
+        looked = patches if shape == "uniform" else 4 if len(reads) % 2 else 1   # pass 1, then pass 2
+        weights = torch.zeros_like(attention)
+        weights[:, prefix:prefix + looked] = 1.0 / looked
+        return features, weights
+
+    return forced
+
+
+@pytest.mark.parametrize(("shape", "status"), [("peaked", "pass"), ("uniform", "warn")])
+def test_attention_entropy_passes_when_peaked_and_warns_when_uniform(run, monkeypatch, shape, status):
+    from fovea.plugins.encoders.deep import DeepEncoder
+
+    monkeypatch.setattr(DeepEncoder, "attend", forced_attention(shape))
+    check = audit(run.path, check_query)["query.entropy"]
+    assert check.status == status, (check.observed, check.reason)
+    dynamic = check.measurements["dynamic"]
+    assert dynamic["mass_patches"] == pytest.approx(1.0)
+    if shape == "peaked":
+        assert dynamic["entropy"] == pytest.approx(0.0, abs=1e-6) and dynamic["peak"] == pytest.approx(1.0)
+    else:
+        assert dynamic["ratio"] == pytest.approx(1.0) and "near-uniform attention" in check.reason
 
 
 # --------------------------------------------------------------------------- learning

@@ -159,14 +159,14 @@ def test_a_checkpoint_of_the_other_backbone_is_one_clear_error(tmp_path, saved_d
 def test_the_audit_says_plainly_that_the_run_uses_another_backbone(tmp_path, backbone):
     """``components.encoder.model`` against the spec's DINOv3: DINOv2 is named as another model, not as a
     list of sizes that differ; a DINOv3 of another size still lists them."""
-    from fovea.audit.checks import _model_check
+    from fovea.audit.checks.components import model_check
     from fovea.audit.spec import load_spec
 
     encoder = f'{{name = "deep", backbone = "{backbone}", size = "tiny"}}'
     config = config_on(tmp_path, encoder, frame_size=56 if backbone == "dinov2" else 64)
     torch.manual_seed(0)
     evidence = SimpleNamespace(config=config, initial=SimpleNamespace(encoder=DeepEncoder(config.model.encoder.options)))
-    check = _model_check(evidence, "encoder", load_spec().components["encoder"])
+    check = model_check(evidence, "encoder", load_spec().components["encoder"])
     assert check.status == "warn" and check.label == "MODIFIED"
     if backbone == "dinov2":
         assert check.observed == ("random initialisation at size `tiny`; a Dinov2 model (`dinov2`), not the spec's "

@@ -20,13 +20,10 @@ def test_forward_shapes_and_losses(tiny_model, tiny_batch):
     assert torch.isfinite(out.loss)
 
 
-def test_each_frame_is_encoded_once_and_attended_twice(tiny_model, tiny_batch, monkeypatch):
-    encode = tiny_model.encoder.encode
-    seen = []
-    monkeypatch.setattr(tiny_model.encoder, "encode", lambda frames: seen.append(frames.shape) or encode(frames))
-    with probes.record_attend_calls(tiny_model) as calls:
+def test_each_frame_is_encoded_once_and_attended_twice(tiny_model, tiny_batch):
+    assert probes.encode_calls(tiny_model, *tiny_batch) == [16]      # one batched call over all B*T frames
+    with torch.no_grad(), probes.record_attend_calls(tiny_model) as calls:
         tiny_model(*tiny_batch)
-    assert seen == [torch.Size([16, 3, 64, 64])]      # one batched call over all B*T frames
     assert [c.shape for c in calls] == [torch.Size([16, tiny_model.encoder.dim])] * 2
 
 
@@ -51,30 +48,12 @@ def test_pass2_reads_with_pass1_queries_shifted_by_one(tiny_model, tiny_batch):
 
 
 def test_dynamic_reads_depend_on_pass1(tiny_model, tiny_batch):
-    """Perturbing the pass-1 read of frame t changes pass-2 reads of frames > t only."""
-    frames, latents = tiny_batch
+    """Perturbing the pass-1 read of frame t changes pass-2 reads of frames > t only (the real forward, its
+    first attend call's output nudged)."""
     t = 3
-    with probes.record_attend_calls(tiny_model) as base:
-        tiny_model(frames, latents)
-    attend = tiny_model.encoder.attend
-    calls = []
-
-    def perturbed(queries, cache, *args, **kwargs):
-        out = attend(queries, cache, *args, **kwargs)
-        calls.append(queries)
-        if len(calls) == 1:                              # pass 1: nudge the read of frame t
-            out = out.view(2, 8, -1).clone()
-            out[:, t] += 1.0
-            out = out.flatten(0, 1)
-        return out
-
-    tiny_model.encoder.attend = perturbed
-    try:
-        with torch.no_grad():
-            tiny_model(frames, latents)
-    finally:
-        del tiny_model.encoder.attend
-    change = (calls[1] - base[1]).view(2, 8, -1).abs().amax(dim=(0, 2))   # per frame
+    found = probes.pass1_perturbation(tiny_model, *tiny_batch, t=t)
+    assert found["attend_calls"] == 2 and found["t"] == t
+    change = torch.tensor(found["change"])                          # (T,) per frame
     assert change[: t + 1].max() == 0                   # frames <= t read with queries from before t
     assert (change[t + 1:] > 0).all()                   # every later read follows pass 1
 

@@ -1,10 +1,12 @@
 """Checking runs against the spec: ``fovea audit RUN_DIR``.
 
-``spec`` (the machine-readable spec and its schema), ``probes`` (measurements of a model's wiring and
-query mechanism), ``checks`` (one function per area of SPEC.md, each returning ``Check`` records),
-``run`` (read a run directory, rebuild its model, ``audit_run``), ``report`` (audit.md, audit.json,
-the terminal table). ``profile`` and ``resources`` are ``fovea profile``, whose ``profile.json`` the
-audit reads. Heavy imports stay inside the functions, so importing this package is cheap.
+``spec`` (the machine-readable spec and its schema), ``evidence`` (what the checks look at: a run's files,
+its rebuilt models, a probe batch), ``probes/`` (measurements of the real model: wiring, query mechanism,
+head, learning), ``findings`` (the ``Check`` record and ``verdict``), ``checks/`` (one module per report
+section, each returning ``Check`` records), ``run`` (read a run directory into ``Evidence``, run the
+checks: ``audit_run``), ``report`` (audit.md, audit.json, the terminal table). ``profile`` and
+``resources`` are ``fovea profile``, whose ``profile.json`` the audit reads. Heavy imports stay inside the
+functions, so importing this package is cheap.
 """
 
 from __future__ import annotations

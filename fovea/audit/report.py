@@ -12,10 +12,10 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from fovea.audit.checks import SECTIONS, SEVERITY, SYMBOLS, Check
+from fovea.audit.findings import SECTIONS, SEVERITY, SYMBOLS, Check
 
 if TYPE_CHECKING:
-    from fovea.audit.run import Evidence
+    from fovea.audit.evidence import Evidence
 
 AUDIT_MD = "audit.md"
 AUDIT_JSON = "audit.json"

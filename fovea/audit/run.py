@@ -1,4 +1,4 @@
-"""Auditing a run: read what the run wrote, rebuild its model, run the checks.
+"""Auditing a run: read what the run wrote, rebuild its model (the ``Evidence``), run the checks.
 
 The audit reads only the run directory (``config.toml``, ``metrics.jsonl``, the newest checkpoint's
 ``model.safetensors``, ``summary.json``, ``env.json``, ``data_report.json``, ``profile.json`` when
@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fovea.audit.spec import Spec, load_spec
+from fovea.audit.checks import run_checks
+from fovea.audit.evidence import Evidence
+from fovea.audit.spec import load_spec
 from fovea.core.checkpoint import load_weights
 from fovea.core.config import FoveaConfig
 from fovea.core.errors import FoveaError
@@ -34,49 +35,12 @@ PROBE_CAPTION = "a stand-in caption for the wiring probes"
 METRIC_KEYS = ("step", "loss_fine", "loss_coarse")
 
 
-@dataclass
-class Evidence:
-    """Everything the checks look at: the run's files, its rebuilt models and a real batch."""
-
-    run: RunDir
-    spec: Spec
-    config: FoveaConfig
-    metrics: list[dict[str, Any]]
-    summary: dict[str, Any]
-    env: dict[str, Any] | None
-    data_report: dict[str, Any] | None
-    profile: dict[str, Any] | None
-    initial: torch.nn.Module          # the run's initialisation (a fresh seeded build), eval mode
-    model: torch.nn.Module            # the same build with the checkpoint loaded, eval mode
-    checkpoint_extra: list[str]       # checkpoint tensors the model does not have (e.g. a VAE's)
-    vae: torch.nn.Module              # the VAE of the targets, as ``load_vae`` returns it
-    vae_origin: str                   # where that VAE came from, for the report
-    vae_change: float | None          # max |Δ weight| from its initialisation (model.vae.init); None for a pretrained one
-    frames: torch.Tensor              # (B, T, 3, S, S) uint8
-    latents: torch.Tensor             # (B, T, C, h, w) float32
-    batch_origin: str                 # which clips the probes read
-    batch_is_real: bool = True
-    targets: dict[str, torch.Tensor] | None = None   # what the objectives read for the probe batch (captions' tokens)
-    evaluation: dict[str, Any] | None = None   # eval.json of the newest checkpoint (held-out figures)
-    evaluation_origin: str = ""                # where it came from, or why there is none
-
-    @property
-    def world_size(self) -> int:
-        """Processes that trained the run (torchrun); runs from before multi-process training record none: 1."""
-        for source in (self.summary, self.env or {}):
-            if isinstance(source.get("world_size"), int) and source["world_size"] >= 1:
-                return source["world_size"]
-        return 1
-
-
 def audit_run(run_dir: str | Path, spec_path: str | Path | None = None, groups: list | None = None):
     """Read ``run_dir``, check it against the spec; returns ``(evidence, checks)``.
 
     The spec: ``spec_path``, else the run config's ``[run] spec``, else the default spec. ``groups``:
     the check functions to run (``fovea.audit.checks.check_wiring``, …); default all of them.
     """
-    from fovea.audit.checks import run_checks
-
     evidence = load_evidence(run_dir, spec_path)
     with torch.random.fork_rng(devices=[]):   # probes draw noise and queries: reproducible, and no side effects
         torch.manual_seed(evidence.config.run.seed)
@@ -133,8 +97,8 @@ def read_evaluation(run: RunDir) -> tuple[dict[str, Any] | None, str]:
     if not split.get("num_val"):
         return None, "the run holds out no clips ([eval] val_fraction = 0)"
     newest = checkpoint_step(run.latest_checkpoint)
-    current = run.read_json(run.eval_file())
-    if current is not None and current.get("step") == newest and set(MODES) <= set(current.get("modes", {})):
+    current = run.current_eval(MODES)
+    if current is not None:
         return current, f"{run.eval_file().name} (`fovea eval`, checkpoint of step {newest})"
     result = evaluate_run(run.path, progress=False)
     return result, f"`fovea eval` run by the audit on the checkpoint of step {newest} (wrote {run.eval_file().name})"

@@ -14,6 +14,7 @@ default spec.
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -99,37 +100,35 @@ class HeadSpec(SpecTable):
     """What the head predicts: the full next latent (SPEC) or a residual on the previous one."""
 
 
+class TrainingValue(SpecTable):
+    """One training value the run's config must have (check ``training.<name>``)."""
+
+    key: str | None = None
+    """The config key that holds it, e.g. ``training.batch_size`` or ``data.num_frames``; unset only for the
+    effective batch, which the audit computes (``batch_size × grad_accum × processes``)."""
+    value: bool | int | float | str
+    """The spec's value."""
+    title: str
+    """What the value is, as the report names it."""
+    impact: str
+    """What a run with another value changes (the report's reason when it differs)."""
+
+
 class TrainingSpec(SpecTable):
-    batch_size: int = Field(ge=1)
-    """Clips per micro-batch (config ``training.batch_size``)."""
-    grad_accum: int = Field(ge=1)
-    """Micro-batches per optimizer step (``training.grad_accum``)."""
-    effective_batch: int = Field(ge=1)
-    """``batch_size × grad_accum``."""
-    lr: float = Field(gt=0)
-    """Peak AdamW learning rate (``training.lr``)."""
-    weight_decay: float = Field(ge=0)
-    """AdamW weight decay (``training.weight_decay``)."""
-    warmup_steps: int = Field(ge=0)
-    """Linear warm-up steps (``training.warmup_steps``)."""
-    max_steps: int = Field(ge=1)
-    """Optimizer steps (``training.max_steps``)."""
-    grad_clip: float = Field(ge=0)
-    """Global gradient-norm clip (``training.grad_clip``)."""
-    lambda_coarse: float = Field(ge=0)
-    """Weight of the pass-1 loss (``model.lambda_coarse``)."""
-    num_frames: int = Field(ge=2)
-    """Frames per clip, T (``data.num_frames``)."""
-    frame_size: int = Field(ge=1)
-    """Frame side in pixels (``data.frame_size``)."""
+    values: dict[str, TrainingValue]
+    """``[training.values.<name>]``: every value compared with the run's config, in report order."""
     max_epochs: float = Field(gt=0)
     """Most passes over the training clips: ``max_steps × effective batch / clips`` (SPEC: ≤ 1)."""
 
     @model_validator(mode="after")
     def _effective(self):
-        if self.effective_batch != self.batch_size * self.grad_accum:
-            raise ValueError(f"effective_batch ({self.effective_batch}) must equal batch_size × grad_accum "
-                             f"({self.batch_size} × {self.grad_accum})")
+        keyless = [name for name, entry in self.values.items() if entry.key is None and name != "effective_batch"]
+        if keyless:
+            raise ValueError(f"values.{keyless[0]}: needs `key`, the config key that holds it")
+        parts = [self.values.get(name) for name in ("effective_batch", "batch_size", "grad_accum")]
+        if all(parts) and parts[0].value != parts[1].value * parts[2].value:
+            raise ValueError(f"effective_batch ({parts[0].value}) must equal batch_size × grad_accum "
+                             f"({parts[1].value} × {parts[2].value})")
         return self
 
 
@@ -203,7 +202,7 @@ class Spec(SpecTable):
     head: HeadSpec
     """``[head]``: the prediction head."""
     training: TrainingSpec
-    """``[training]``: phase-1 training values."""
+    """``[training]``: phase-1 training values, each naming its config key."""
     precision: PrecisionSpec
     """``[precision]``: autocast dtype."""
     results: ResultsSpec
@@ -227,6 +226,25 @@ class Spec(SpecTable):
         if sum(c.location == "vae" for c in self.components.values()) > 1:
             raise ValueError("at most one component can have location = 'vae'")
         return self
+
+
+def config_value(config: Any, dotted: str) -> Any:
+    """``model.encoder.pretrained`` -> its value in the config (plugin options included); None if absent."""
+    value = config
+    for key in dotted.split("."):
+        value = getattr(value, key, None) if not isinstance(value, dict) else value.get(key)
+        if value is None:
+            return None
+    return value
+
+
+def same(a: Any, b: Any) -> bool:
+    """A run's value equal to the spec's: numbers within float rounding, lists item by item."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=0.0)
+    return a == b
 
 
 def resolve_spec_path(name: str | Path) -> Path:

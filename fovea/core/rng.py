@@ -1,5 +1,6 @@
-"""The random generators a checkpoint saves and restores per rank: python, numpy, torch CPU and every
-CUDA device, as tensors and numbers (``torch.load(weights_only=True)`` reads them back)."""
+"""The random generators a run reads: seeded once at its start (``seed_everything``), saved and restored per
+rank by a checkpoint (python, numpy, torch CPU and every CUDA device, as tensors and numbers that
+``torch.load(weights_only=True)`` reads back)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,15 @@ import random
 from typing import Any
 
 import torch
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (every device) alike: a run starts from ``run.seed`` (+ its rank)."""
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def capture_rng() -> dict[str, Any]:

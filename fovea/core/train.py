@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,20 +31,12 @@ from fovea.core.devices import resolve_device
 from fovea.core.errors import FoveaError
 from fovea.core.nonfinite import NonFiniteStep, nonfinite_message, report_nonfinite
 from fovea.core.records import MetricsRow, ObjectiveSummary, Summary
+from fovea.core.rng import seed_everything
 from fovea.core.rundir import RunDir
 from fovea.core.signals import RunInterrupted, StopRequest, stop_on_signals
 from fovea.core.state import TrainState, prepare_training
 from fovea.core.step import train_step   # looked up here at every step: tests replace it
 from fovea.core.timing import PhaseTimer
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (every device) alike: a run starts from ``run.seed`` (+ its rank)."""
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 @dataclass

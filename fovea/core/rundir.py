@@ -1,11 +1,12 @@
-"""The run directory: everything a run writes, and everything ``audit``/``profile`` read back.
+"""The run directory: everything a run writes, and everything ``audit``/``profile``/``viz`` read back.
 
 Layout of ``<output_dir>/<timestamp>-<name>/``: ``config.toml`` (resolved), ``env.json``,
 ``metrics.jsonl``, ``checkpoints/step-NNNNNN/`` (the newest ``training.keep_checkpoints``; a ``step-N``
 directory is always complete, see ``fovea.core.checkpoint``), ``nonfinite.jsonl`` (steps whose loss
 or gradient was NaN/inf, with their clips), ``data_report.json`` (the clip cache used, the VAE of its
 targets, skipped files and why), ``split.json`` (the held-out clips), ``summary.json`` (once the run
-finished); ``profile.json`` (``fovea profile``), ``eval.json``/``eval.md`` (``fovea eval``) and
+finished); ``profile.json``/``profile.md`` (``fovea profile``; ``fovea.core.profile_report`` types the
+JSON), ``eval.json``/``eval.md`` (``fovea eval``), ``viz/`` (``fovea viz``'s figures) and
 ``audit.md``/``audit.json`` (``fovea audit``) when those ran; ``trackers.json`` (each experiment tracker's
 record of its run: the id a resumed run continues) and a tracker's local files in ``<run>/<tracker>/``
 (``tensorboard/``, ``wandb/``) with ``[run] trackers``. ``metrics.jsonl`` holds training rows and,
@@ -20,11 +21,14 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from fovea.core.config import FoveaConfig, config_to_toml, read_toml
 from fovea.core.errors import FoveaError
 from fovea.core.files import LATEST, check_latest, new_stamped_dir, point_latest
+
+if TYPE_CHECKING:
+    from fovea.core.profile_report import ProfileReport
 
 CHECKPOINT_INFO = "checkpoint.json"   # written last into a checkpoint directory
 MODEL = "model.safetensors"           # a checkpoint's weights
@@ -72,8 +76,10 @@ class RunDir:
     data_report_file = property(lambda self: self.path / "data_report.json")
     env_file = property(lambda self: self.path / "env.json")
     profile_file = property(lambda self: self.path / "profile.json")   # written by `fovea profile`
+    profile_markdown_file = property(lambda self: self.path / "profile.md")   # ... and its report for people
     split_file = property(lambda self: self.path / "split.json")       # the held-out clips
     trackers_file = property(lambda self: self.path / "trackers.json") # each tracker's run id, continued on resume
+    viz_dir = property(lambda self: self.path / "viz")                 # `fovea viz`'s figures
 
     def tracker_dir(self, name: str) -> Path:
         """Where the tracker ``name`` keeps its local files (``tensorboard/``, ``wandb/``)."""
@@ -214,6 +220,37 @@ class RunDir:
         if not isinstance(data, dict):
             raise FoveaError(f"{path}: expected a JSON object, got {type(data).__name__}")
         return data
+
+    def write_profile(self, report: ProfileReport, markdown: str | None = None) -> None:
+        """``profile.json`` (and ``profile.md``, the same figures for people, when given), atomically."""
+        self.write_json(self.profile_file.name, report.model_dump())
+        if markdown is not None:
+            self.write_text(self.profile_markdown_file.name, markdown)
+
+    def read_profile(self) -> ProfileReport | None:
+        """``profile.json`` as `fovea profile` wrote it; ``None`` if it never ran. A file that is not such a
+        profile (corrupt, or from a fovea that wrote other figures) is a ``FoveaError`` saying what to do."""
+        from pydantic import ValidationError
+
+        from fovea.core.profile_report import ProfileReport
+
+        if not self.profile_file.is_file():
+            return None
+        try:
+            data = json.loads(self.profile_file.read_text(encoding="utf-8"))
+            if not isinstance(data, dict):
+                problem = f"expected a JSON object, got {type(data).__name__}"
+            else:
+                return ProfileReport.model_validate(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            problem = f"not valid JSON ({exc})"
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+            problem = (f"not a profile this fovea can read: {'.'.join(map(str, first['loc']))}: "
+                       f"{first['msg'][:1].lower()}{first['msg'][1:]}{more}")
+        raise FoveaError(f"{self.profile_file}: {problem}; profile the run again with `fovea profile` (it "
+                         f"rewrites the profile of runs/latest), or delete the file")
 
     def read_config_table(self) -> dict[str, Any]:
         """``config.toml`` as the nested table it holds (no plugin needs to be installed to read it)."""

@@ -13,7 +13,7 @@
 # A step that would start after the budget (default 450 s of the 480) is recorded as skipped.
 # DIR/gpu_check.json holds every command, its exit code and seconds, its figures (profile.json, the benchmark's
 # JSON) and a table of the headline figures against the goals: GPU busy >= 90 % of the step, data wait < 2 %,
-# MFU >= 25 % of the GPU's dense bf16 peak (fovea.audit.resources.BF16_PEAK_FLOPS, from the vendor's datasheet).
+# MFU >= 25 % of the GPU's dense bf16 peak (fovea.profile.resources.BF16_PEAK_FLOPS, from the vendor's datasheet).
 set -u -o pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -170,7 +170,7 @@ report = {"check": "fovea gpu_check", "mode": mode, "date": time.strftime("%Y-%m
           "device": device or ["cpu"], "host": platform.node(), "git_commit": commit or None,
           "torch": torch.__version__, "cuda": torch.version.cuda, "seconds": round(time.time() - start, 1),
           "goals": {"gpu_busy_percent": ">= 90", "data_wait_share": "< 0.02",
-                    "mfu": ">= 0.25 of the dense bf16 peak (fovea.audit.resources.BF16_PEAK_FLOPS)"},
+                    "mfu": ">= 0.25 of the dense bf16 peak (fovea.profile.resources.BF16_PEAK_FLOPS)"},
           "profiles": profiles, "steps": steps}
 (out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
 failed = [s["name"] for s in steps if s.get("exit_code") not in (0, None)]

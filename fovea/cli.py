@@ -160,14 +160,14 @@ def profile_command(
 
     Under torchrun it reports every rank's figures and the slowest rank.
     """
-    from fovea.audit.profile import profile, profile_target, render_table
     from fovea.core.distributed import is_main_process
+    from fovea.profile import profile, profile_target, render_table
 
     cfg, run = profile_target(config, overrides)
-    report = profile(cfg, run, steps=steps, warmup=warmup)
+    report, run = profile(cfg, run, steps=steps, warmup=warmup)
     if is_main_process():
         render_table(report)
-        typer.echo(f"wrote {Path(report['run']) / 'profile.json'} and profile.md")
+        typer.echo(f"wrote {run.profile_file} and {run.profile_markdown_file.name}")
 
 
 @app.command("eval")
@@ -309,7 +309,7 @@ def viz_command(
     """Draw what the model looks at and predicts, and its loss and entropy curves; writes PNGs into RUN_DIR/viz/.
 
     The figures also go to the run's experiment trackers as images ([run] trackers)."""
-    from fovea.audit.viz import visualize
+    from fovea.viz import visualize
 
     for path in visualize(run_dir, clips):
         typer.echo(f"wrote {path}")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.toml"
+GOLDEN_PROFILE = ROOT / "tests" / "assets" / "profile"   # profile.json and profile.md of a real CPU run
 
 
 def tiny_overrides(tmp_path: Path, **extra) -> list[str]:

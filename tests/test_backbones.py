@@ -69,7 +69,7 @@ def test_dinov2_vits14_is_dinov2_small_and_has_no_registers_and_no_rope():
                                      '{name = "pixel_shuffle", backbone = "dinov2", size = "tiny", ratio = 2}'],
                          ids=["deep", "posthoc", "pooled", "pixel_shuffle"])
 def test_every_builtin_encoder_trains_on_dinov2(tmp_path, encoder):
-    from fovea.audit.resources import memory_model
+    from fovea.profile import memory_model
 
     config = config_on(tmp_path, encoder)
     model = fovea.build_model(config)

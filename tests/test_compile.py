@@ -62,9 +62,8 @@ def test_checkpointed_and_compiled_encoders_give_the_same_loss_and_gradients(tmp
 
 def test_checkpointing_lowers_what_the_encoder_and_llm_save_for_backward(tmp_path, tiny_batch):
     """``fovea profile``'s measurement, per part: checkpointed blocks keep their inputs only."""
-    from fovea.audit.profile import measure_micro_batch
-    from fovea.audit.resources import memory_model
-    from fovea.core.train import prepare_training
+    from fovea.core.state import prepare_training
+    from fovea.profile import measure_micro_batch, memory_model
 
     saved, modelled = {}, {}
     for on in ("false", "true"):

@@ -20,7 +20,7 @@ from fovea.cli import app
 from fovea.core.config import load_config
 from fovea.core.rundir import RunDir
 from fovea.core.train import train
-from tests.helpers import QUICKSTART, ROOT, tiny_overrides
+from tests.helpers import GOLDEN_PROFILE, QUICKSTART, ROOT, tiny_overrides
 
 pytestmark = pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
                                 reason="needs torch.distributed with gloo")
@@ -251,28 +251,31 @@ def test_a_ddp_checkpoint_continues_under_fsdp_like_the_one_process_run(tmp_path
 
 
 def test_profile_diagnosis_names_a_rank_that_holds_the_others_back():
-    from fovea.audit.profile import diagnose
+    from fovea.core.profile_report import ProfileReport, RankFigures
+    from fovea.profile import diagnose
 
     config = load_config(QUICKSTART)
-    model = {"total_gb": 1.0, "parameters_gb": 0.2, "gradients_gb": 0.2, "optimizer_gb": 0.4, "activations_gb": 0.2}
+    golden = ProfileReport.model_validate_json((GOLDEN_PROFILE / "profile.json").read_text())   # one CPU process
 
-    def report(steps: list[float], waits: list[float]) -> dict:
-        ranks = [{"rank": r, "step_s_median": s, "data_wait_share": w} for r, (s, w) in enumerate(zip(steps, waits))]
-        return {"data_wait_share": waits[0], "gpu_util_mean": None, "unaccounted_share": 0.0,
-                "memory": {"measured": None, "model": model}, "ranks": ranks,
-                "slowest_rank": max(ranks, key=lambda r: r["step_s_median"])["rank"]}
+    def report(steps: list[float], waits: list[float]) -> ProfileReport:
+        ranks = [RankFigures(rank=r, device="cpu", step_s_median=s, step_s_p90=s, data_wait_share=w,
+                             phases_median_s={}, peak_memory_gb=None, gpu_util_mean=None)
+                 for r, (s, w) in enumerate(zip(steps, waits))]
+        return golden.model_copy(update={"data_wait_share": waits[0], "unaccounted_share": 0.0, "ranks": ranks,
+                                         "world_size": len(ranks),
+                                         "slowest_rank": max(ranks, key=lambda r: r.step_s_median).rank})
 
-    def finding(found: list[dict], kind: str) -> dict:
-        return next(f for f in found if f["kind"] == kind)
+    def finding(found: list, kind: str):
+        return next(f for f in found if f.kind == kind)
 
     slow_data = diagnose(config, report([0.10, 0.10, 0.15], [0.01, 0.01, 0.30]))
-    assert "rank 2 is the slowest, 50% behind" in finding(slow_data, "imbalance")["message"]
-    assert "waits for data" in finding(slow_data, "imbalance")["message"]
-    assert finding(slow_data, "data-bound")["severity"] == "warn"          # the worst rank's wait counts
+    assert "rank 2 is the slowest, 50% behind" in finding(slow_data, "imbalance").message
+    assert "waits for data" in finding(slow_data, "imbalance").message
+    assert finding(slow_data, "data-bound").severity == "warn"              # the worst rank's wait counts
     slow_device = diagnose(config, report([0.10, 0.13], [0.01, 0.01]))
-    assert "not for data" in finding(slow_device, "imbalance")["message"]
+    assert "not for data" in finding(slow_device, "imbalance").message
     even = diagnose(config, report([0.100, 0.105], [0.01, 0.01]))
-    assert finding(even, "ranks")["severity"] == "ok" and not any(f["kind"] == "imbalance" for f in even)
+    assert finding(even, "ranks").severity == "ok" and not any(f.kind == "imbalance" for f in even)
 
 
 POISONING_FOVEA = """

@@ -1,75 +1,139 @@
-"""``fovea profile``: the files it writes, figures that add up, and a diagnosis that tells data-bound apart."""
+"""``fovea profile``: a slow part lands in its own phase, FLOPs and saved activations of a known module, a
+diagnosis that tells data-bound apart, and ``profile.json`` as a typed record read and written by ``RunDir``."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
+from types import SimpleNamespace
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import fovea
-from fovea.audit.profile import PHASES, profile
 from fovea.cli import app
 from fovea.core.cache import ClipCache
+from fovea.core.errors import FoveaError
+from fovea.core.profile_report import ProfileReport
 from fovea.core.rundir import RunDir
-from tests.helpers import QUICKSTART, tiny_overrides
+from fovea.profile import PHASES, diagnose, measure_micro_batch, profile, render_markdown
+from tests.helpers import GOLDEN_PROFILE, QUICKSTART, tiny_overrides
 
 runner = CliRunner()
 
 
-def profiled(tmp_path, steps=4, **extra):
+def profiled(tmp_path, steps=4, **extra) -> tuple[ProfileReport, RunDir, fovea.FoveaConfig]:
     config = fovea.load_config(QUICKSTART, tiny_overrides(tmp_path, **extra))
-    run = RunDir.create(config)
-    return profile(config, run, steps=steps, warmup=1), run, config
+    report, run = profile(config, RunDir.create(config), steps=steps, warmup=1)
+    return report, run, config
 
 
-def test_profile_files_and_figures_add_up(tmp_path):
-    report, run, config = profiled(tmp_path)
-    on_disk = json.loads((run.path / "profile.json").read_text())
-    assert on_disk["steps"] == 4 and len(on_disk["per_step"]) == 4
-    for row in on_disk["per_step"]:
-        parts = sum(row[p] for p in PHASES)
-        assert 0.85 * row["step_s"] <= parts <= row["step_s"] * 1.001     # the phases cover the step
-        assert all(row[p] >= 0 for p in PHASES)
-    assert 0 <= on_disk["unaccounted_share"] < 0.15
-    assert on_disk["data_wait_share"] == on_disk["phase_share"]["data_wait"]
-    median = on_disk["step_s"]["median"]
-    assert on_disk["samples_per_s"] == pytest.approx(config.effective_batch_size / median)
-    assert on_disk["frames_per_s"] == pytest.approx(on_disk["samples_per_s"] * config.data.num_frames)
-    assert on_disk["step_s"]["median"] <= on_disk["step_s"]["p90"]
-    assert on_disk["flops"]["per_step"] > 0 and on_disk["flops"]["mfu"] is None   # no GPU peak on CPU
-
-    # no GPU here: the GPU lines say so instead of inventing figures
-    assert on_disk["gpu_util_mean"] is None and on_disk["peak_memory_gb"] is None
-    assert on_disk["resources"]["gpu"] is None and len(on_disk["resources"]["cpu_percent_per_core"]) >= 1
-    markdown = (run.path / "profile.md").read_text()
-    assert "- GPU: no GPU" in markdown and "| **step** |" in markdown
-    assert any(f["kind"] == "gpu" and "no GPU" in f["message"] for f in on_disk["diagnosis"])
+@pytest.fixture(scope="module")
+def fast(tmp_path_factory):
+    """A profile of the tiny config as it is."""
+    return profiled(tmp_path_factory.mktemp("fast"))
 
 
-def test_memory_model_matches_the_measured_activations(tmp_path):
-    report, _, _ = profiled(tmp_path, steps=1)
-    estimated, measured = report["memory"]["model"]["activations_gb"], report["memory"]["activations_saved_gb"]
+def largest_phase(report: ProfileReport) -> str:
+    return max(PHASES, key=lambda phase: report.phases_s[phase].median)
+
+
+def test_profile_writes_the_record_it_returns_and_says_no_gpu_on_a_cpu(fast):
+    report, run, _ = fast
+    assert run.read_profile() == report                                    # profile.json is the report returned
+    assert report.steps == 4 and len(report.per_step) == 4
+    assert all(row[p] >= 0 for row in report.per_step for p in PHASES)      # the parts sit inside the forward
+    assert report.flops.per_step > 0 and report.flops.mfu is None          # no GPU peak on CPU
+    # no GPU here: the GPU figures say so instead of inventing numbers
+    assert report.gpu_util_mean is None and report.peak_memory_gb is None and report.memory.measured is None
+    assert report.resources.gpu is None and len(report.resources.cpu_percent_per_core) >= 1
+    assert run.profile_markdown_file.read_text() == render_markdown(report)
+    assert "- GPU: no GPU" in render_markdown(report)
+    assert any(f.kind == "gpu" and "no GPU" in f.message for f in report.diagnosis)
+
+
+def test_memory_model_matches_the_measured_activations(fast):
+    report, _, _ = fast
+    estimated, measured = report.memory.model.activations_gb, report.memory.activations_saved_gb
     assert measured > 0 and 1 / 1.5 < estimated / measured < 1.5
-    model = report["memory"]["model"]
-    assert model["total_gb"] == pytest.approx(model["parameters_gb"] + model["gradients_gb"] + model["optimizer_gb"]
-                                              + model["activations_gb"])
 
 
-def test_a_slow_loader_is_diagnosed_as_data_bound_and_a_fast_one_is_not(tmp_path, monkeypatch):
-    fast, _, _ = profiled(tmp_path / "fast")
-    assert fast["data_wait_share"] < 0.2
-    assert "data-bound" not in {f["kind"] for f in fast["diagnosis"]}
+def test_a_slow_loader_is_diagnosed_as_data_bound_and_a_fast_one_is_not(fast, tmp_path, monkeypatch):
+    report, _, _ = fast
+    assert report.data_wait_share < 0.2 and largest_phase(report) != "data_wait"
+    assert "data-bound" not in {f.kind for f in report.diagnosis}
 
     # each read takes three times the fast run's whole step: whatever the machine's load, data-bound
-    delay = 3 * fast["step_s"]["median"]
+    delay = 3 * report.step_s.median
     read = ClipCache.read
     monkeypatch.setattr(ClipCache, "read", lambda self, indices: (time.sleep(delay), read(self, indices))[1])
-    slow, _, _ = profiled(tmp_path / "slow", **{"data.num_workers": "0", "data.prefetch": "1"})
-    assert slow["data_wait_share"] > 0.2
-    finding = next(f for f in slow["diagnosis"] if f["kind"] == "data-bound")
-    assert "data.num_workers (now 0)" in finding["message"]
+    slow, _, _ = profiled(tmp_path, **{"data.num_workers": "0", "data.prefetch": "1"})
+    assert slow.data_wait_share > 0.5 and largest_phase(slow) == "data_wait"
+    finding = next(f for f in slow.diagnosis if f.kind == "data-bound")
+    assert "data.num_workers (now 0)" in finding.message
+
+
+def test_a_slow_head_lands_in_the_head_phase(fast, tmp_path, monkeypatch):
+    """The parts are timed where they run: a head made slow on purpose is the largest phase, not "forward_other"."""
+    import fovea.core.model
+
+    report, _, _ = fast
+    delay, build = 3 * report.step_s.median, fovea.core.model.build_model
+
+    def build_with_a_slow_head(config):
+        model = build(config)
+        model.head.register_forward_hook(lambda module, args, out: time.sleep(delay))
+        return model
+
+    monkeypatch.setattr(fovea.core.model, "build_model", build_with_a_slow_head)
+    slow, _, _ = profiled(tmp_path)
+    assert largest_phase(slow) == "head" and slow.phase_share["head"] > 0.5
+    assert slow.phase_share["forward_other"] < 0.1 * slow.phase_share["head"]
+    assert "data-bound" not in {f.kind for f in slow.diagnosis}
+
+
+class ToyEncoder(torch.nn.Module):
+    def __init__(self, d_in: int, d: int):
+        super().__init__()
+        self.proj = torch.nn.Linear(d_in, d, bias=False)
+
+    def encode(self, frames):
+        return self.proj(frames)
+
+    def attend(self, queries, cache):
+        return queries
+
+
+class Toy(torch.nn.Module):
+    """Encoder, LLM and a frozen head, each one bias-free linear layer: its FLOPs and saved tensors are known."""
+
+    def __init__(self, d_in: int, d: int):
+        super().__init__()
+        self.encoder, self.llm, self.head = ToyEncoder(d_in, d), torch.nn.Linear(d, d, False), torch.nn.Linear(d, d, False)
+        self.head.requires_grad_(False)
+
+    def prepare(self, batch):
+        return {}
+
+    def forward(self, frames, latents, targets):
+        predicted = self.head(self.llm(self.encoder.encode(frames)))        # (N, D)
+        return SimpleNamespace(loss=(predicted - latents).pow(2).mean())
+
+
+def test_flops_and_saved_activations_of_a_known_module():
+    N, D_IN, D = 6, 5, 4
+    toy = Toy(D_IN, D)
+    state = SimpleNamespace(module=toy, model=toy, device=torch.device("cpu"), dtype=torch.float32)
+    flops, saved = measure_micro_batch(state, {"frames": torch.randn(N, D_IN), "latents": torch.randn(N, D)})
+    # forward 2NKM per (N, K) x (K, M) matmul; backward twice that for the LLM (input and weight gradients),
+    # the weight gradient only for the encoder (the frames need none), the input gradient only for the frozen head
+    assert flops == 2 * N * D_IN * D * 2 + 2 * N * D * D * 3 + 2 * N * D * D * 2
+    # fp32 bytes: each trainable layer keeps its input for its weight gradient, the loss keeps the error;
+    # the frozen head keeps only its weight, which is not an activation
+    assert saved == {"encoder": 4 * N * D_IN, "llm": 4 * N * D, "head": 0, "other": 4 * N * D}
+    assert all(p.grad is None for p in toy.parameters())                   # measuring leaves no gradients behind
 
 
 def test_cli_profiles_runs_latest_or_says_what_to_pass(tmp_path, monkeypatch):
@@ -83,6 +147,54 @@ def test_cli_profiles_runs_latest_or_says_what_to_pass(tmp_path, monkeypatch):
     assert trained.exit_code == 0, trained.output
     result = runner.invoke(app, ["profile", "--steps", "2", "--warmup", "0"])
     assert result.exit_code == 0, result.output
-    latest = (tmp_path / "runs" / "latest").resolve()
-    assert (latest / "profile.json").is_file() and (latest / "profile.md").is_file()
-    assert "samples/s" in result.output
+    latest = RunDir.open(tmp_path / "runs" / "latest")
+    assert latest.read_profile().steps == 2 and latest.profile_markdown_file.is_file()
+    assert "samples/s" in result.output and f"wrote {latest.profile_file} and profile.md" in result.output
+
+
+# --------------------------------------------------------------------------- profile.json, the record
+
+
+def golden_run(path) -> RunDir:
+    """A run directory holding the golden profile.json."""
+    path.mkdir(exist_ok=True)
+    run = RunDir(path)
+    shutil.copy(GOLDEN_PROFILE / "profile.json", run.profile_file)
+    return run
+
+
+def test_the_golden_profile_reads_and_writes_back_byte_for_byte(tmp_path):
+    golden = (GOLDEN_PROFILE / "profile.json").read_bytes()
+    report = golden_run(tmp_path / "a").read_profile()
+    assert report.device == "cpu" and report.memory.model.total_gb > 0 and report.batch.batch_size == 2
+    assert report.ranks is None and report.world_size == 1 and "ranks" not in report.model_dump()   # one process
+    out = RunDir(tmp_path / "b")
+    out.path.mkdir()
+    out.write_profile(report, render_markdown(report))
+    assert out.profile_file.read_bytes() == golden
+    # profile.md of the same run, written by the profiler before profile.json became a typed record
+    assert out.profile_markdown_file.read_text() == (GOLDEN_PROFILE / "profile.md").read_text()
+    # and the diagnosis of the same figures and config
+    config = fovea.load_config(QUICKSTART, tiny_overrides(tmp_path))
+    assert diagnose(config, report) == report.diagnosis
+
+
+@pytest.mark.parametrize("damage, says", [
+    (lambda text: text[: len(text) // 2], "not valid JSON"),
+    (lambda text: "[1, 2]", "expected a JSON object, got list"),
+    (lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "step_s"}), "step_s: field required"),
+    (lambda text: text.replace('"steps": 3', '"steps": "three"'), "steps: input should be a valid integer"),
+    (lambda text: text.replace('"warmup": 1', '"warmup": 1, "colour": "red"'), "colour: extra inputs"),
+], ids=["torn", "not-an-object", "missing-key", "wrong-type", "unknown-key"])
+def test_a_bad_profile_json_is_one_error_saying_what_to_do(tmp_path, damage, says):
+    run = golden_run(tmp_path)
+    run.profile_file.write_text(damage(run.profile_file.read_text()))
+    with pytest.raises(FoveaError) as error:
+        run.read_profile()
+    message = str(error.value)
+    assert message.startswith(f"{run.profile_file}: ") and says in message and "\n" not in message
+    assert "profile the run again with `fovea profile`" in message
+
+
+def test_a_run_never_profiled_has_no_profile(tmp_path):
+    assert RunDir(tmp_path).read_profile() is None

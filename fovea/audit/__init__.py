@@ -4,8 +4,8 @@
 its rebuilt models, a probe batch), ``probes/`` (measurements of the real model: wiring, query mechanism,
 head, learning), ``findings`` (the ``Check`` record and ``verdict``), ``checks/`` (one module per report
 section, each returning ``Check`` records), ``run`` (read a run directory into ``Evidence``, run the
-checks: ``audit_run``), ``report`` (audit.md, audit.json, the terminal table). ``profile`` and
-``resources`` are ``fovea profile``, whose ``profile.json`` the audit reads. Heavy imports stay inside the
+checks: ``audit_run``), ``report`` (audit.md, audit.json, the terminal table). ``fovea profile``
+(``fovea.profile``) writes the ``profile.json`` the audit reads. Heavy imports stay inside the
 functions, so importing this package is cheap.
 """
 

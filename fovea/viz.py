@@ -3,7 +3,8 @@
 Reads only the run directory (STYLE.md: data flows one way): the model is rebuilt from ``config.toml``
 and the newest checkpoint like the audit does, the clips are the first ``clips`` of the run's clip cache
 (``data_report.json``; the data source and the run's VAE when the cache is gone), and the curves come
-from ``metrics.jsonl``. Writes into ``<run>/viz/`` (fixed names, embedded by ``fovea audit``):
+from ``metrics.jsonl``. Writes into ``<run>/viz/`` (``RunDir.viz_dir``; fixed names, which ``fovea audit``
+embeds):
 
 - ``attention_clip{i}.png``: the clip's frames; the static query's and the dynamic query's attention
   over the patches overlaid on each frame (one colour scale, with its bar);
@@ -28,7 +29,6 @@ import torch
 from fovea.core.errors import FoveaError
 from fovea.core.rundir import RunDir
 
-VIZ_DIR = "viz"
 DPI = 100
 PANEL_INCHES = 1.5     # one frame panel of the per-clip figures
 FIGURE_SIZE = {"losses": (8.0, 4.5), "entropy": (11.0, 4.5)}   # inches; the per-clip ones: ``clip_figure_size``
@@ -44,20 +44,21 @@ def visualize(run_dir: str | Path, clips: int = 2) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")   # files only: no display needed
-    import fovea
-    from fovea.core.rundata import clip_latents, first_clips, load_run_vae
     from fovea.core.checkpoint import load_weights
+    from fovea.core.config import load_config
+    from fovea.core.model import build_model
+    from fovea.core.rundata import clip_latents, first_clips, load_run_vae
 
     if clips < 1:
         raise FoveaError("--clips must be at least 1")
     run = RunDir.resolve(run_dir)
-    config = fovea.load_config(run.config_file)
+    config = load_config(run.config_file)
     metrics = run.read_metrics()
     if not metrics:
         raise FoveaError(f"{run.metrics_file}: no metrics; the run stopped before its first log line")
     data_report = run.read_json(run.data_report_file)
     with torch.random.fork_rng(devices=[]):
-        model = fovea.build_model(config).eval()
+        model = build_model(config).eval()
         load_weights(model, run)   # the newest complete checkpoint; a FoveaError if none
         vae, _, _ = load_run_vae(run, config, data_report)
         batch = first_clips(run, clips, config)
@@ -73,7 +74,7 @@ def visualize(run_dir: str | Path, clips: int = 2) -> list[Path]:
                 fine = decode(vae, out.pred_fine)
                 reconstructed = decode(vae, latents)
 
-    out_dir = run.path / VIZ_DIR
+    out_dir = run.viz_dir
     out_dir.mkdir(exist_ok=True)
     for stale in [*out_dir.glob("attention_clip*.png"), *out_dir.glob("predictions_clip*.png")]:
         stale.unlink()   # an earlier call's clips: the directory holds this call's figures only
@@ -246,4 +247,4 @@ def log_figures(run: RunDir, config, paths: list[Path]) -> None:
     last step; a tracker that fails is a warning (the PNGs are written)."""
     from fovea.core.trackers import report_to_trackers
 
-    report_to_trackers(run, config, images={f"{VIZ_DIR}/{path.stem}": path for path in paths})
+    report_to_trackers(run, config, images={f"{run.viz_dir.name}/{path.stem}": path for path in paths})

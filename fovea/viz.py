@@ -127,7 +127,8 @@ def plot_attention(path: Path, frames: torch.Tensor, static: torch.Tensor, dynam
     from fovea.core.attention import attention_entropy, patch_maps
 
     T, S = frames.shape[0], frames.shape[-1]
-    maps = {"static": patch_maps(static, num_prefix_tokens, grid), "dynamic": patch_maps(dynamic, num_prefix_tokens, grid)}
+    maps = {"static": patch_maps(static, num_prefix_tokens, grid),
+            "dynamic": patch_maps(dynamic, num_prefix_tokens, grid)}
     entropy = {"static": attention_entropy(static), "dynamic": attention_entropy(dynamic)}   # (T,) each
     # One scale for both rows, from the smallest to the largest patch weight: near-uniform attention
     # (early in training) still shows where it leans.

@@ -215,6 +215,7 @@ def test_profile_under_torchrun_reports_every_rank_and_the_slowest(tmp_path, cac
     assert report["batch"]["global_batch"] == 2 * PER_RANK
     assert any(f["kind"] in ("ranks", "imbalance") for f in report["diagnosis"])
     assert "## Ranks (2 processes" in (run / "profile.md").read_text()
+    assert [r.rank for r in RunDir(run).read_profile().ranks] == [0, 1]        # the typed record keeps them
 
 
 def test_sigterm_to_torchrun_stops_every_rank_at_one_step_with_a_checkpoint(tmp_path, cache):

@@ -111,7 +111,8 @@ class Toy(torch.nn.Module):
 
     def __init__(self, d_in: int, d: int):
         super().__init__()
-        self.encoder, self.llm, self.head = ToyEncoder(d_in, d), torch.nn.Linear(d, d, False), torch.nn.Linear(d, d, False)
+        self.encoder = ToyEncoder(d_in, d)
+        self.llm, self.head = torch.nn.Linear(d, d, bias=False), torch.nn.Linear(d, d, bias=False)
         self.head.requires_grad_(False)
 
     def prepare(self, batch):

@@ -7,8 +7,8 @@ for backward (about 10 x hidden + 2-3 x FFN width elements; attention scores are
 SDPA recomputes them), for the conv head the input and output of every conv and GELU, and under bf16
 autocast the half-precision copy of every weight. With activation checkpointing (``[model.encoder]``/``[model.llm]
 activation_checkpointing``) a transformer keeps per layer only its block input (the encoder also its keys and
-values, which the query reads use), plus one block's activations while that block's backward runs. ``fovea profile`` also measures the activations
-(bytes autograd saved for backward) to show beside this estimate.
+values, which the query reads use), plus one block's activations while that block's backward runs.
+``fovea profile`` also measures the activations (bytes autograd saved for backward) to show beside this estimate.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import tomli_w
@@ -24,9 +25,11 @@ from fovea.core import plugins
 from fovea.core.config import read_toml
 from fovea.core.errors import ConfigError
 from fovea.core.model import FoveatedVLM
+from fovea.core.profile_report import ProfileReport
+from fovea.core.rundir import RunDir
 from fovea.core.train import train
 from fovea.plugins.encoders.deep import DeepEncoder
-from tests.helpers import QUICKSTART, ROOT, tiny_overrides
+from tests.helpers import GOLDEN_PROFILE, QUICKSTART, ROOT, tiny_overrides
 
 runner = CliRunner()
 
@@ -301,27 +304,45 @@ def test_skipped_intervals_are_left_out_of_the_result(tiny_run, tmp_path):
 # --------------------------------------------------------------------------- resources
 
 
+def write_profile(run_dir: Path, **changes) -> None:
+    """The golden profile.json (a real CPU run) with ``changes`` ("memory.model.total_gb": 7.9 style keys),
+    written through RunDir as `fovea profile` writes it."""
+    data = json.loads((GOLDEN_PROFILE / "profile.json").read_text())
+    for dotted, value in changes.items():
+        *parents, key = dotted.split(".")
+        table = data
+        for part in parents:
+            table = table[part]
+        table[key] = value
+    RunDir(run_dir).write_profile(ProfileReport.model_validate(data))
+
+
 def test_profile_json_is_read(tiny_run, tmp_path):
     run_dir = copy_run(tiny_run, tmp_path)
-    (run_dir / "profile.json").write_text(json.dumps(   # fovea profile's keys, with the hand-written report's numbers
-        {"device": "NVIDIA RTX 4090", "gpu_util_mean": 2.0, "data_wait_share": 0.6, "peak_memory_gb": 8.4,
-         "batch": {"batch_size": 6}, "memory": {"model": {"total_gb": 7.9}}}))
+    write_profile(run_dir, **{"device": "NVIDIA RTX 4090", "gpu_util_mean": 2.0, "data_wait_share": 0.6,
+                              "peak_memory_gb": 8.4, "batch.batch_size": 6, "memory.model.total_gb": 7.9})
     checks = audit(run_dir, check_resources)
     assert "resources.profile" not in checks
     assert checks["resources.gpu_util"].status == "fail" and checks["resources.gpu_util"].observed.startswith("2.0 %")
     assert checks["resources.data_wait"].status == "warn" and "60.0 %" in checks["resources.data_wait"].observed
     memory = checks["resources.peak_memory"]
     assert memory.status == "info"                       # tiny models at batch 6: the estimate does not apply
-    assert "8.4 GB" in memory.observed and "7.9 GB" in memory.observed
+    assert "8.4 GB" in memory.observed and "7.9 GB" in memory.observed and "batch 6" in memory.observed
 
 
 def test_cpu_profile_says_gpu_not_measured(tiny_run, tmp_path):
     run_dir = copy_run(tiny_run, tmp_path)
-    (run_dir / "profile.json").write_text(json.dumps(
-        {"device": "cpu", "gpu_util_mean": None, "data_wait_share": 0.05, "peak_memory_gb": None}))
+    write_profile(run_dir, data_wait_share=0.05)         # the golden profile ran on the CPU
     checks = audit(run_dir, check_resources)
     assert checks["resources.gpu_util"].status == "info" and "cpu" in checks["resources.gpu_util"].observed
     assert checks["resources.data_wait"].status == "pass" and "peak_memory" not in checks
+
+
+def test_a_damaged_profile_is_one_error_naming_the_fix(tiny_run, tmp_path):
+    run_dir = copy_run(tiny_run, tmp_path)
+    (run_dir / "profile.json").write_text('{"device": "cpu"}')
+    result = runner.invoke(app, ["audit", str(run_dir)])
+    assert result.exit_code == 2 and result.output.count("error:") == 1 and "fovea profile" in result.output
 
 
 # --------------------------------------------------------------------------- the spec

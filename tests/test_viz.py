@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import torch
@@ -88,10 +89,7 @@ def test_viz_of_a_missing_run_is_a_one_line_error(tmp_path):
 
 
 def test_tensorboard_missing_is_an_error_before_anything_is_written(tmp_path, monkeypatch):
-    import importlib.util
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    monkeypatch.setitem(sys.modules, "tensorboard", None)          # import tensorboard raises ImportError
     config = fovea.load_config(QUICKSTART, tiny_overrides(tmp_path, **{"run.tensorboard": "true"}))
     with pytest.raises(fovea.FoveaError, match="pip install 'fovea\\[tensorboard\\]'"):
         train(config)

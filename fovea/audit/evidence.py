@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
     from fovea.audit.spec import Spec
     from fovea.core.config import FoveaConfig
+    from fovea.core.profile_report import ProfileReport
     from fovea.core.rundir import RunDir
 
 
@@ -28,7 +29,7 @@ class Evidence:
     summary: dict[str, Any]
     env: dict[str, Any] | None
     data_report: dict[str, Any] | None
-    profile: dict[str, Any] | None
+    profile: ProfileReport | None           # profile.json, when `fovea profile` ran
     initial: torch.nn.Module          # the run's initialisation (a fresh seeded build), eval mode
     model: torch.nn.Module            # the same build with the checkpoint loaded, eval mode
     checkpoint_extra: list[str]       # checkpoint tensors the model does not have (e.g. a VAE's)

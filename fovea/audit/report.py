@@ -16,6 +16,7 @@ from fovea.audit.findings import SECTIONS, SEVERITY, SYMBOLS, Check
 
 if TYPE_CHECKING:
     from fovea.audit.evidence import Evidence
+    from fovea.core.rundir import RunDir
 
 AUDIT_MD = "audit.md"
 AUDIT_JSON = "audit.json"
@@ -160,7 +161,7 @@ def to_markdown(ev: "Evidence", checks: list[Check]) -> str:
 
     number += 1
     lines += ["---", "", f"## {number}. CONCLUSION", "", conclusion(checks), ""]
-    figures = figure_lines(ev.run.path)
+    figures = figure_lines(ev.run)
     if figures:
         number += 1
         lines += ["---", "", f"## {number}. FIGURES", "", *figures]
@@ -172,22 +173,23 @@ FIGURE_TITLES = (("losses", "Losses over steps"), ("entropy", "Attention entropy
                  ("predictions_clip", "Frame t and its predictions, decoded"))
 
 
-def figure_lines(run_path) -> list[str]:
+def figure_lines(run: RunDir) -> list[str]:
     """Markdown embedding (and linking) the ``fovea viz`` figures the run holds; none: no lines.
 
     The audit does not draw them: ``fovea viz RUN_DIR`` does, and a later audit shows them.
     """
-    found = sorted((run_path / "viz").glob("*.png"))
+    found = sorted(run.viz_dir.glob("*.png"))
     if not found:
         return []
-    lines = [f"Drawn by `fovea viz` ({len(found)} figures in `viz/`; run it again after more training to refresh "
+    folder = run.viz_dir.name
+    lines = [f"Drawn by `fovea viz` ({len(found)} figures in `{folder}/`; run it again after more training to refresh "
              f"them).", ""]
     for prefix, title in FIGURE_TITLES:
         ours = [p for p in found if p.stem == prefix or p.stem.removeprefix(prefix).isdigit()]
         for path in sorted(ours, key=lambda p: int(p.stem.removeprefix(prefix) or 0)):   # clip 2 before clip 10
             clip = path.stem.removeprefix(prefix)
             name = f"{title}, clip {clip}" if clip else title
-            link = f"viz/{path.name}"
+            link = f"{folder}/{path.name}"
             lines += [f"### {name}", f"[![{name}]({link})]({link})", ""]
     return lines
 

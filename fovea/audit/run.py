@@ -60,7 +60,7 @@ def load_evidence(run_dir: str | Path, spec_path: str | Path | None = None) -> E
                             missing="the run did not finish (or crashed before writing it); audit a finished run")
     env = run.read_json(run.env_file)
     data_report = run.read_json(run.data_report_file)
-    profile = run.read_json(run.profile_file)
+    profile = run.read_profile()
 
     with torch.random.fork_rng(devices=[]):
         initial = fovea.build_model(config).eval()   # seeded by run.seed: the run's initialisation

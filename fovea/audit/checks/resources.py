@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fovea.audit.checks.components import architecture_mismatch, architecture_of, compared_components
 from fovea.audit.findings import Check, fmt, pct
@@ -12,35 +12,11 @@ if TYPE_CHECKING:
     from fovea.audit.evidence import Evidence
 
 
-def _number(data: Any, *path: str) -> float | None:
-    """``data[path[0]][path[1]]…`` if it is a number, else None (a profile may lack any key)."""
-    for key in path:
-        data = data.get(key) if isinstance(data, dict) else None
-    return float(data) if isinstance(data, (int, float)) and not isinstance(data, bool) else None
-
-
-def read_profile(profile: dict[str, Any] | None) -> dict[str, Any]:
-    """What the audit reads from ``profile.json`` (written by ``fovea profile``); None where absent.
-
-    ``gpu_util_mean``: mean GPU utilisation in percent (null without a GPU); ``data_wait_share``: the
-    fraction of step time spent waiting for data; ``peak_memory_gb``: peak allocated GPU memory (null
-    without a GPU); ``device``; ``batch.batch_size``; ``memory.model.total_gb``: the profiler's memory model.
-    """
-    profile = profile or {}
-    return {"gpu_util_percent": _number(profile, "gpu_util_mean"),
-            "data_wait_share": _number(profile, "data_wait_share"),
-            "peak_memory_gb": _number(profile, "peak_memory_gb"),
-            "memory_model_gb": _number(profile, "memory", "model", "total_gb"),
-            "batch_size": _number(profile, "batch", "batch_size"),
-            "device": profile.get("device") if isinstance(profile.get("device"), str) else None}
-
-
 def check_resources(ev: Evidence) -> list[Check]:
     """Data-wait share (profile.json, else metrics.jsonl), GPU utilisation and peak memory (profile.json)."""
-    spec = ev.spec.resources
-    values = read_profile(ev.profile)
+    spec, profile = ev.spec.resources, ev.profile
     checks: list[Check] = []
-    if ev.profile is None:
+    if profile is None:
         checks.append(Check(
             "resources.profile", "Profile of the training step", "resources", "info",
             expected="profile.json with GPU utilisation, data-wait share and peak memory",
@@ -50,7 +26,7 @@ def check_resources(ev: Evidence) -> list[Check]:
             recommendation="measure them with `fovea profile --steps 20` while this run is runs/latest (it profiles "
                            "that run's config and writes profile.json beside its metrics), then audit again"))
 
-    wait, wait_source = values["data_wait_share"], "profile.json (data_wait_share)"
+    wait, wait_source = (profile.data_wait_share, "profile.json (data_wait_share)") if profile else (None, "")
     if wait is None:
         shares = [m["data_wait_share"] for m in ev.metrics if isinstance(m.get("data_wait_share"), (int, float))]
         if shares:
@@ -67,39 +43,37 @@ def check_resources(ev: Evidence) -> list[Check]:
             recommendation="" if ok else "precompute the clip cache (`fovea precompute`), raise data.num_workers and "
                                          "data.prefetch", measurements={"data_wait_share": wait}))
 
-    device = values["device"] or "unknown device"
-    util = values["gpu_util_percent"]
+    util = profile.gpu_util_mean if profile else None
     if util is not None:
         fraction = util / 100.0
         status = "fail" if fraction < spec.gpu_util_fail_below else "warn" if fraction < spec.gpu_util_min else "pass"
         checks.append(Check(
             "resources.gpu_util", "GPU utilisation", "resources", status,
-            expected=f"mean GPU utilisation ≥ {pct(spec.gpu_util_min)}", observed=f"{util:.1f} % on {device}",
+            expected=f"mean GPU utilisation ≥ {pct(spec.gpu_util_min)}", observed=f"{util:.1f} % on {profile.device}",
             evidence="profile.json (gpu_util_mean)",
             reason="" if status == "pass" else "the GPU waits most of the time: the step is bound by data loading or "
                                                "by Python and kernel-launch overhead",
             recommendation="" if status == "pass" else "see resources.data_wait and the profile's diagnosis "
                                                        "(profile.md); a larger training.batch_size if data keeps up",
             label="ISSUE" if status == "fail" else "", measurements={"gpu_util_percent": util}))
-    elif ev.profile is not None:
+    elif profile is not None:
         checks.append(Check("resources.gpu_util", "GPU utilisation", "resources", "info",
-                            expected=f"≥ {pct(spec.gpu_util_min)}", observed=f"not measured: profiled on {device}",
+                            expected=f"≥ {pct(spec.gpu_util_min)}", observed=f"not measured: profiled on {profile.device}",
                             reason="the profile ran without a GPU",
                             recommendation="profile on the GPU machine that trains the spec's runs"))
 
-    peak = values["peak_memory_gb"]
+    peak = profile.peak_memory_gb if profile else None
     if peak is not None:
         low, high = spec.memory_gb
         spec_sizes = not any(architecture_mismatch(architecture_of(ev, c), c) for _, c in compared_components(ev))
-        batch = int(values["batch_size"] or ev.config.training.batch_size)
+        batch, model_gb = profile.batch.batch_size, profile.memory.model.total_gb
         comparable = spec_sizes and batch == spec.memory_batch_size
         inside = low <= peak <= high
         status = "pass" if inside else "warn" if comparable else "info"
         caveat = "" if comparable else (f"; the estimate is for the spec's models at batch {spec.memory_batch_size}, "
                                         f"this profile has " + ("other model sizes and " if not spec_sizes else "")
                                         + f"batch {batch}")
-        model_note = (f"; the profiler's memory model predicts {values['memory_model_gb']:.1f} GB"
-                      if values["memory_model_gb"] is not None else "")
+        model_note = f"; the profiler's memory model predicts {model_gb:.1f} GB"
         checks.append(Check(
             "resources.peak_memory", "Peak GPU memory against the spec's estimate", "resources", status,
             expected=f"{fmt(low)}–{fmt(high)} GB at batch {spec.memory_batch_size} (SPEC estimate)",
@@ -110,7 +84,7 @@ def check_resources(ev: Evidence) -> list[Check]:
             recommendation="" if inside else "compare with the profiler's memory model (profile.md); use headroom "
                                              "for a larger batch",
             label="" if inside else "UNEXPECTED", measurements={"peak_memory_gb": peak, "batch_size": batch,
-                                                                "memory_model_gb": values["memory_model_gb"]}))
+                                                                "memory_model_gb": model_gb}))
 
     last = ev.metrics[-1]
     devices = ", ".join((ev.env or {}).get("devices") or []) or "unknown device"

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, ClassVar
 
 LATEST = "latest"   # <root>/latest: a relative symlink to the newest run (or sweep) under root
 
@@ -84,3 +85,16 @@ def point_latest(path: Path, what: str) -> None:
     tmp.unlink(missing_ok=True)
     tmp.symlink_to(path.name)
     os.replace(tmp, latest)
+
+
+@dataclass(frozen=True)
+class OwnedDir:
+    """A directory whose layout one class owns (``RunDir``, ``SweepDir``): its path and its ``latest`` link."""
+
+    path: Path
+    kind: ClassVar[str]
+    """What ``<parent>/latest`` points at, as messages say it (``new runs``, ``sweeps``)."""
+
+    def mark_latest(self) -> None:
+        """Point ``<parent>/latest`` at this directory (atomically: it always names a complete one)."""
+        point_latest(self.path, self.kind)

@@ -10,7 +10,8 @@ JSON), ``eval.json``/``eval.md`` (``fovea eval``), ``viz/`` (``fovea viz``'s fig
 ``audit.md``/``audit.json`` (``fovea audit``) when those ran; ``trackers.json`` (each experiment tracker's
 record of its run: the id a resumed run continues) and a tracker's local files in ``<run>/<tracker>/``
 (``tensorboard/``, ``wandb/``) with ``[run] trackers``. ``metrics.jsonl`` holds training rows and,
-marked ``"split": "val"``, the held-out evaluations made during training.
+marked ``"split": "val"``, the held-out evaluations made during training (``fovea.core.records`` types
+its rows and ``summary.json``).
 ``<output_dir>/latest`` is a relative symlink to the newest run.
 """
 
@@ -19,13 +20,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from fovea.core.config import FoveaConfig, config_to_toml, read_toml
 from fovea.core.errors import FoveaError
-from fovea.core.files import LATEST, check_latest, new_stamped_dir, point_latest
+from fovea.core.files import LATEST, OwnedDir, check_latest, new_stamped_dir
+from fovea.core.records import MetricsRow, Summary
 
 if TYPE_CHECKING:
     from fovea.core.profile_report import ProfileReport
@@ -65,9 +66,10 @@ def checkpoint_step(checkpoint: Path) -> int:
     return int(checkpoint.name[5:])
 
 
-@dataclass(frozen=True)
-class RunDir:
-    path: Path
+class RunDir(OwnedDir):
+    """The one owner of a run directory's layout (see the module docstring)."""
+
+    kind = "new runs"
 
     config_file = property(lambda self: self.path / "config.toml")
     metrics_file = property(lambda self: self.path / "metrics.jsonl")
@@ -101,16 +103,12 @@ class RunDir:
     def create(cls, config: FoveaConfig) -> "RunDir":
         """A new run directory holding the resolved config and environment (``latest`` is not moved yet)."""
         root = Path(config.run.output_dir)
-        check_latest(root, "new runs")
+        check_latest(root, cls.kind)
         path = new_stamped_dir(root, config.run.name, "run directory", "run.output_dir")
         run = cls(path)
         run.config_file.write_text(config_to_toml(config), encoding="utf-8")
         run.write_json("env.json", collect_environment())
         return run
-
-    def mark_latest(self) -> None:
-        """Point ``<output_dir>/latest`` at this run (atomically: it always names a complete directory)."""
-        point_latest(self.path, "new runs")
 
     @classmethod
     def open(cls, path: str | Path) -> "RunDir":
@@ -256,7 +254,7 @@ class RunDir:
         """``config.toml`` as the nested table it holds (no plugin needs to be installed to read it)."""
         return read_toml(self.config_file)
 
-    def read_summary(self) -> dict[str, Any] | None:
+    def read_summary(self) -> Summary | None:
         """``summary.json``: ``None`` while the run has not finished."""
         return self.read_json(self.summary_file)
 
@@ -278,11 +276,11 @@ class RunDir:
         split = self.read_json(self.split_file)
         return bool(split and split.get("num_val"))
 
-    def append_metrics(self, record: dict[str, Any]) -> None:
+    def append_metrics(self, record: MetricsRow) -> None:
         with self.metrics_file.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
-    def read_metrics(self, split: str | None = "train") -> list[dict[str, Any]]:
+    def read_metrics(self, split: str | None = "train") -> list[MetricsRow]:
         """The logged lines of ``split`` (``"train"``, ``"val"``, or ``None`` for all, in file order),
         checked: each a JSON object with a larger ``step`` than the one before of its split.
 
@@ -295,7 +293,7 @@ class RunDir:
             lines = self.metrics_file.read_text(encoding="utf-8").split("\n")
         except (OSError, UnicodeDecodeError) as exc:
             raise FoveaError(f"{self.metrics_file} is unreadable ({exc}); restore it or start the run again") from None
-        records: list[dict[str, Any]] = []
+        records: list[MetricsRow] = []
         last: dict[str, int] = {}   # the last step of each split
         for number, line in enumerate(lines, 1):
             if not line.strip():
@@ -316,7 +314,7 @@ class RunDir:
             records.append(record)
         return [r for r in records if split is None or r.get("split", "train") == split]
 
-    def rewrite_metrics(self, records: list[dict[str, Any]]) -> None:
+    def rewrite_metrics(self, records: list[MetricsRow]) -> None:
         """Replace ``metrics.jsonl`` by ``records`` atomically (a resumed run drops the steps it will redo)."""
         self.write_text(self.metrics_file.name, "".join(json.dumps(record) + "\n" for record in records))
 

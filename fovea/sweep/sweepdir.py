@@ -8,23 +8,21 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from fovea.core.errors import FoveaError
-from fovea.core.files import new_stamped_dir, point_latest
+from fovea.core.files import OwnedDir, new_stamped_dir
 from fovea.core.rundir import RunDir
 from fovea.sweep.plan import SweepPlan
 
 SWEEP_FORMAT = 1
 
 
-@dataclass(frozen=True)
-class SweepDir:
+class SweepDir(OwnedDir):
     """The one owner of a sweep directory's layout (see the module docstring)."""
 
-    path: Path
+    kind = "sweeps"
 
     sweep_file = property(lambda self: self.path / "sweep.json")
     config_file = property(lambda self: self.path / "config.toml")
@@ -89,10 +87,6 @@ class SweepDir:
         tmp = self.path / f".{self.sweep_file.name}.tmp"
         tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, self.sweep_file)
-
-    def mark_latest(self) -> None:
-        """Point ``<sweeps dir>/latest`` at this sweep (atomically, relative)."""
-        point_latest(self.path, "sweeps")
 
     def run_dirs(self) -> dict[str, RunDir]:
         """The run directory of each run name in ``runs/``: a finished one first, else the one with the

@@ -81,7 +81,7 @@ def expand(paths: Iterable[str | Path]) -> list[RunDir]:
             found = [run for _, run in SweepDir.open(path).runs() if run is not None]
             if not found:
                 raise FoveaError(f"the sweep {path} has no run yet; start it with the `command` in its sweep.json")
-        elif (Path(path) / "config.toml").is_file():
+        elif RunDir.is_run(path):
             found = [RunDir.open(path)]
         else:
             raise FoveaError(f"{path} is neither a run directory (config.toml) nor a sweep directory (sweep.json); "

@@ -18,8 +18,6 @@ if TYPE_CHECKING:
     from fovea.audit.evidence import Evidence
     from fovea.core.rundir import RunDir
 
-AUDIT_MD = "audit.md"
-AUDIT_JSON = "audit.json"
 
 
 def section_status(checks: list[Check]) -> tuple[str, str]:
@@ -214,8 +212,8 @@ def conclusion(checks: list[Check]) -> str:
 
 def write_report(ev: "Evidence", checks: list[Check]) -> None:
     """``audit.md`` and ``audit.json`` into the run directory, each written atomically."""
-    ev.run.write_json(AUDIT_JSON, to_json(ev, checks))
-    ev.run.write_text(AUDIT_MD, to_markdown(ev, checks))
+    ev.run.write_json(ev.run.audit_file.name, to_json(ev, checks))
+    ev.run.write_text(ev.run.audit_markdown_file.name, to_markdown(ev, checks))
 
 
 def print_table(ev: "Evidence", checks: list[Check], console=None) -> None:
@@ -235,4 +233,4 @@ def print_table(ev: "Evidence", checks: list[Check], console=None) -> None:
     console.print(table)
     total = counts(checks)
     console.print(f"{total['fail']} ❌  {total['warn']} ⚠️  {total['pass']} ✅  {total['info']} ℹ️   "
-                  f"report: {ev.run.path / AUDIT_MD}", highlight=False)
+                  f"report: {ev.run.audit_markdown_file}", highlight=False)

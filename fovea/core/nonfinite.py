@@ -17,8 +17,6 @@ if TYPE_CHECKING:
 
     from fovea.core.rundir import RunDir
 
-NONFINITE_FILE = "nonfinite.jsonl"
-
 
 class NonFiniteStep(FoveaError):
     """A step's loss or gradient norm is NaN/inf; raised before the optimizer touches the weights."""
@@ -42,7 +40,7 @@ def nonfinite_message(exc: NonFiniteStep, step: int, run: RunDir) -> str:
     checkpoints = run.checkpoints()
     kept = f"the last checkpoint, {checkpoints[-1].name}, is intact" if checkpoints else "no checkpoint was saved yet"
     return (f"step {step}: {exc}. The diagnosis (losses, the batch's source clips, parameters with NaN/inf "
-            f"gradients) is in {run.path / NONFINITE_FILE}; {kept}. Lower training.lr or check those clips, "
+            f"gradients) is in {run.nonfinite_file}; {kept}. Lower training.lr or check those clips, "
             f"or skip such steps: `fovea run --resume {run.path} --set training.on_nonfinite=skip`")
 
 
@@ -66,7 +64,7 @@ def report_nonfinite(exc: NonFiniteStep, step: int, run: RunDir, clip_info: Call
         "first_parameters_with_nonfinite_grad": exc.parameters[:20],   # in model order: where it starts
         "last_checkpoint": checkpoints[-1].name if checkpoints else None,
     }
-    with (run.path / NONFINITE_FILE).open("a", encoding="utf-8") as f:
+    with run.nonfinite_file.open("a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
 
 

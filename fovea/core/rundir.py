@@ -82,6 +82,14 @@ class RunDir(OwnedDir):
     split_file = property(lambda self: self.path / "split.json")       # the held-out clips
     trackers_file = property(lambda self: self.path / "trackers.json") # each tracker's run id, continued on resume
     viz_dir = property(lambda self: self.path / "viz")                 # `fovea viz`'s figures
+    audit_file = property(lambda self: self.path / "audit.json")       # `fovea audit`'s findings ...
+    audit_markdown_file = property(lambda self: self.path / "audit.md")    # ... and its report for people
+    nonfinite_file = property(lambda self: self.path / "nonfinite.jsonl")  # steps with a NaN/inf loss or gradient
+
+    @staticmethod
+    def is_run(path: str | Path) -> bool:
+        """Whether ``path`` holds a run (its ``config.toml``)."""
+        return (Path(path) / "config.toml").is_file()
 
     def tracker_dir(self, name: str) -> Path:
         """Where the tracker ``name`` keeps its local files (``tensorboard/``, ``wandb/``)."""
@@ -96,7 +104,7 @@ class RunDir(OwnedDir):
         self.write_json(self.trackers_file.name, {**self.read_trackers(), **records})
 
     def eval_file(self, split: str = "val") -> Path:
-        """``eval.json`` (held-out clips) or ``eval-train.json``, written by `fovea eval`."""
+        """``eval.json`` (held-out clips) or ``eval-train.json``, written by `fovea eval` (with ``.md`` beside)."""
         return self.path / ("eval.json" if split == "val" else f"eval-{split}.json")
 
     @classmethod
@@ -116,7 +124,7 @@ class RunDir(OwnedDir):
         resolved = Path(path).resolve()
         if not resolved.is_dir():
             raise FoveaError(f"no run directory at {path}; train one first with `fovea run CONFIG`")
-        if not (resolved / "config.toml").is_file():
+        if not cls.is_run(resolved):
             raise FoveaError(f"{path} is not a fovea run directory (no config.toml in it)")
         return cls(resolved)
 

@@ -133,7 +133,7 @@ def train(config: FoveaConfig, resume: RunDir | None = None, force: bool = False
                 run.rewrite_metrics(kept_metrics)            # drop the steps logged after the checkpoint: redone now
                 run.write_text(run.config_file.name, config_to_toml(config))
                 run.summary_file.unlink(missing_ok=True)     # the run is not finished until it is
-            run.write_json("data_report.json", {**cache.report(), "num_train": len(split.train),
+            run.write_json(run.data_report_file.name, {**cache.report(), "num_train": len(split.train),
                                                 "num_val": len(split.val), "left_out": list(split.left_out)})
             run.write_json(run.split_file.name, split.record())
             run.mark_latest()
@@ -153,7 +153,7 @@ def train(config: FoveaConfig, resume: RunDir | None = None, force: bool = False
 
                 summary = summarize_run(config, model, len(split.train), run.read_metrics(), progress.elapsed_s,
                                     progress.skipped, world.world_size, run.read_metrics("val"))
-                run.write_json("summary.json", summary)
+                run.write_json(run.summary_file.name, summary)
                 trackers.log_summary(flat_values(summary, "summary/"), config.training.max_steps)
 
             distributed.on_main(finish_run)

@@ -95,7 +95,7 @@ class SweepDir(OwnedDir):
         if not self.runs_dir.is_dir():
             return {}
         for path in sorted(self.runs_dir.iterdir()):
-            if path.is_symlink() or not (path / "config.toml").is_file():
+            if path.is_symlink() or not RunDir.is_run(path):
                 continue
             run = RunDir(path)
             name = run.read_config_table().get("run", {}).get("name")

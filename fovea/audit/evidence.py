@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from fovea.audit.spec import Spec
     from fovea.core.config import FoveaConfig
     from fovea.core.profile_report import ProfileReport
+    from fovea.core.records import MetricsRow, Summary
     from fovea.core.rundir import RunDir
 
 
@@ -25,8 +26,8 @@ class Evidence:
     run: RunDir
     spec: Spec
     config: FoveaConfig
-    metrics: list[dict[str, Any]]
-    summary: dict[str, Any]
+    metrics: list[MetricsRow]          # metrics.jsonl's training rows
+    summary: Summary
     env: dict[str, Any] | None
     data_report: dict[str, Any] | None
     profile: ProfileReport | None           # profile.json, when `fovea profile` ran

@@ -27,6 +27,7 @@ from fovea.audit.spec import load_spec
 from fovea.core.checkpoint import load_weights
 from fovea.core.config import FoveaConfig
 from fovea.core.errors import FoveaError
+from fovea.core.records import MetricsRow
 from fovea.core.rundata import clip_latents, load_run_vae
 from fovea.core.rundir import RunDir, checkpoint_step
 
@@ -104,7 +105,7 @@ def read_evaluation(run: RunDir) -> tuple[dict[str, Any] | None, str]:
     return result, f"`fovea eval` run by the audit on the checkpoint of step {newest} (wrote {run.eval_file().name})"
 
 
-def read_metrics(run: RunDir) -> list[dict[str, Any]]:
+def read_metrics(run: RunDir) -> list[MetricsRow]:
     """``metrics.jsonl`` through ``RunDir.read_metrics``, each line checked for the losses the audit reads."""
     path = run.metrics_file
     if not path.is_file():

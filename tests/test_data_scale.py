@@ -20,7 +20,6 @@ from fovea.core.cache import ClipCache, build_cache, cache_path, shard_file
 from fovea.core.checkpoint import read_checkpoint
 from fovea.core.errors import FoveaError
 from fovea.core.loader import ShardOrder
-from fovea.core.rundir import RunDir
 from fovea.core.train import train
 from tests.helpers import QUICKSTART, ROOT, tiny_overrides, write_video
 from tests.test_cache import video_overrides, videos_toml

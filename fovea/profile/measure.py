@@ -52,9 +52,11 @@ def instrument(model: torch.nn.Module, timer: PhaseTimer) -> Iterator[None]:
             handle.remove()
 
 
-def time_steps(state, batches: Iterator[dict], steps: int, warmup: int) -> tuple[list[dict[str, float]], dict]:
+def time_steps(state, batches: Iterator[dict], steps: int, warmup: int
+               ) -> tuple[list[dict[str, float]], dict, dict[str, float] | None]:
     """``warmup`` steps of ``fovea.core.step.train_step``, then ``steps`` timed ones: per step its seconds
-    (``step_s``) and each phase's (``PHASES``), and the resource sampler's summary over the timed steps."""
+    (``step_s``) and each phase's (``PHASES``), the resource sampler's summary over the timed steps, and the
+    GPU's peak memory during them (None on a CPU), read before anything else runs a larger batch."""
     from fovea.core.step import train_step
 
     device = state.device
@@ -79,7 +81,16 @@ def time_steps(state, batches: Iterator[dict], steps: int, warmup: int) -> tuple
             phases["forward_other"] = phases.pop("forward", 0.0) - sum(phases.get(p, 0.0) for p in FORWARD_PARTS)
             per_step.append({"step_s": step_s, **{p: phases.get(p, 0.0) for p in PHASES}})
         sampler.stop()
-    return per_step, sampler.summary()
+    return per_step, sampler.summary(), peak_memory(device)
+
+
+def peak_memory(device: torch.device) -> dict[str, float] | None:
+    """Peak allocated and reserved GPU memory since the last reset, and the device's total, in GB."""
+    if device.type != "cuda":
+        return None
+    return {"peak_allocated_gb": torch.cuda.max_memory_allocated(device) / GB,
+            "peak_reserved_gb": torch.cuda.max_memory_reserved(device) / GB,
+            "device_total_gb": torch.cuda.get_device_properties(device).total_memory / GB}
 
 
 class PartTracker(PhaseTimer):

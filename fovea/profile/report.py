@@ -25,20 +25,17 @@ def stats(values: list[float]) -> dict[str, float]:
 
 
 def build_report(config: FoveaConfig, model: torch.nn.Module, device: torch.device, per_step: list[dict[str, float]],
-                 resources: dict[str, Any], flops_per_step: float, activations: dict[str, float],
-                 largest_batch: int | None, warmup: int, world_size: int = 1, shards: int = 1) -> ProfileReport:
-    """One process's figures, without a diagnosis: ``activations`` are the bytes saved for backward by part
-    (``measure_micro_batch``); throughput counts the global batch (all ``world_size`` processes)."""
+                 resources: dict[str, Any], measured: dict[str, float] | None, flops_per_step: float,
+                 activations: dict[str, float], largest_batch: int | None, warmup: int, world_size: int = 1,
+                 shards: int = 1) -> ProfileReport:
+    """One process's figures, without a diagnosis: ``measured`` is the GPU memory of the timed steps
+    (``time_steps``), ``activations`` the bytes saved for backward by part (``measure_micro_batch``);
+    throughput counts the global batch (all ``world_size`` processes)."""
     step = stats([s["step_s"] for s in per_step])
     total = sum(s["step_s"] for s in per_step)
     share = {p: sum(s[p] for s in per_step) / total for p in PHASES}
     clips = config.global_batch_size(world_size)
     gpu_name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    measured = None
-    if device.type == "cuda":
-        measured = {"peak_allocated_gb": torch.cuda.max_memory_allocated(device) / GB,
-                    "peak_reserved_gb": torch.cuda.max_memory_reserved(device) / GB,
-                    "device_total_gb": torch.cuda.get_device_properties(device).total_memory / GB}
     peak = bf16_peak_flops(gpu_name) if gpu_name else None
     achieved = flops_per_step / step["median"]
     return ProfileReport(

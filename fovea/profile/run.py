@@ -57,7 +57,7 @@ def _profile_steps(config: FoveaConfig, device: torch.device, world, steps: int,
     state = prepare_training(config, model, device)
     batches = iter(loader)
     try:
-        per_step, resources = time_steps(state, batches, steps, warmup)
+        per_step, resources, measured = time_steps(state, batches, steps, warmup)
         flops, activations = measure_micro_batch(state, next(batches))
         # The OOM probe would leave ranks in different collectives; profile one process to get it.
         probe = device.type == "cuda" and world.world_size == 1
@@ -65,7 +65,7 @@ def _profile_steps(config: FoveaConfig, device: torch.device, world, steps: int,
     finally:
         shutdown(loader)
     shards = world.world_size if distributed.is_sharded(state.model) else 1
-    return build_report(config, model, device, per_step, resources, flops * config.training.grad_accum,
+    return build_report(config, model, device, per_step, resources, measured, flops * config.training.grad_accum,
                         activations, largest, warmup, world.world_size, shards)
 
 

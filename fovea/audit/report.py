@@ -19,7 +19,6 @@ if TYPE_CHECKING:
     from fovea.core.rundir import RunDir
 
 
-
 def section_status(checks: list[Check]) -> tuple[str, str]:
     """(status, word) of a section: its worst check; the word is the shared label of its worst checks."""
     worst = max(checks, key=lambda c: SEVERITY[c.status]).status

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, ClassVar
 
+from fovea.core.errors import FoveaError
+
 LATEST = "latest"   # <root>/latest: a relative symlink to the newest run (or sweep) under root
 
 
@@ -55,8 +57,6 @@ def is_url(location: str) -> bool:
 def new_stamped_dir(root: Path, name: str, what: str, setting: str) -> Path:
     """A new directory ``root/<YYYYmmdd-HHMMSS>-<name>`` (``-1``, ``-2``… when taken); an OSError is a
     ``FoveaError`` naming ``what`` it is and ``setting``, the option that chose ``root``."""
-    from fovea.core.errors import FoveaError
-
     stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
     path, n = root / stem, 1
     while path.exists():
@@ -70,8 +70,6 @@ def new_stamped_dir(root: Path, name: str, what: str, setting: str) -> Path:
 
 def check_latest(root: Path, what: str) -> None:
     """``root/latest`` is absent or a symlink, else a ``FoveaError`` (``what``: new runs, sweeps)."""
-    from fovea.core.errors import FoveaError
-
     latest = root / LATEST
     if latest.exists() and not latest.is_symlink():
         raise FoveaError(f"{latest} exists and is not a symlink; move it away so fovea can point it at {what}")

@@ -115,7 +115,7 @@ class RunDir(OwnedDir):
         path = new_stamped_dir(root, config.run.name, "run directory", "run.output_dir")
         run = cls(path)
         run.config_file.write_text(config_to_toml(config), encoding="utf-8")
-        run.write_json("env.json", collect_environment())
+        run.write_json(run.env_file.name, collect_environment())
         return run
 
     @classmethod

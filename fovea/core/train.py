@@ -274,14 +274,15 @@ def optimize(state: TrainState, loader, run: RunDir, progress: Progress,
                 losses_logged = dict(zip(state.loss_names, means))
                 loss_fine, loss_coarse, gnorm = losses_logged["loss_fine"], losses_logged["loss_coarse"], means[-1]
                 wall = time.perf_counter() - interval_start
-                record: MetricsRow = {"step": step, **{k: losses_logged[k] for k in ("loss", "loss_fine", "loss_coarse")},
-                          "ratio": loss_coarse / loss_fine if n and loss_fine > 0 else None, "grad_norm": gnorm,
-                          "lr": state.scheduler.get_last_lr()[0],
-                          "samples_per_s": timed_steps * global_batch / wall,
-                          "data_wait_share": distributed.agree_max(timer.pop().get("data", 0.0) / wall),
-                          "skipped_steps": progress.interval_skipped, "elapsed_s": elapsed(),
-                          **dict(zip(STAT_KEYS, attention[0].tolist() if attention else [None] * 4)),
-                          **{k: v for k, v in losses_logged.items() if k not in record_keys}}
+                record: MetricsRow = {
+                    "step": step, **{k: losses_logged[k] for k in ("loss", "loss_fine", "loss_coarse")},
+                    "ratio": loss_coarse / loss_fine if n and loss_fine > 0 else None, "grad_norm": gnorm,
+                    "lr": state.scheduler.get_last_lr()[0],
+                    "samples_per_s": timed_steps * global_batch / wall,
+                    "data_wait_share": distributed.agree_max(timer.pop().get("data", 0.0) / wall),
+                    "skipped_steps": progress.interval_skipped, "elapsed_s": elapsed(),
+                    **dict(zip(STAT_KEYS, attention[0].tolist() if attention else [None] * 4)),
+                    **{k: v for k, v in losses_logged.items() if k not in record_keys}}
                 if world.is_main:
                     run.append_metrics(record)
                     if trackers is not None:
